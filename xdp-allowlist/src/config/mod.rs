@@ -1,0 +1,247 @@
+//! The configuration file: its types, how it is read, and every check it
+//! must pass before anything reaches the kernel.
+//!
+//! Reading never changes anything. A file that fails a check is refused as a
+//! whole with every problem listed (file, line, column, reason), so the last
+//! good allowlist stays in force.
+
+mod parse;
+mod values;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+
+pub use parse::parse_str;
+pub use values::{parse_cidr, parse_port_spec, CidrError};
+
+/// Where the daemon and CLI look for the configuration by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-allowlist/config.toml";
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Interfaces the filter attaches to.
+    pub interfaces: Vec<String>,
+    /// How to attach.
+    pub xdp_mode: XdpModeSetting,
+    /// What happens to tunnel and ESP packets from a source in no allowlist.
+    pub tunnel_policy: TunnelPolicy,
+    /// Most CIDRs per address family, over all services.
+    pub capacity: u32,
+    /// Most drop events one CPU sends per second; the rest are only counted.
+    pub events_per_second: u32,
+    /// Services by name, in name order.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// `xdp_mode`: native (driver) XDP, generic (skb) XDP, or native with a
+/// fallback to generic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpModeSetting {
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// `tunnel_policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TunnelPolicy {
+    #[default]
+    Pass,
+    Drop,
+}
+
+/// `mode` of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServiceMode {
+    /// Refused packets are dropped.
+    #[default]
+    Enforce,
+    /// Refused packets are counted as "would drop" and passed.
+    Monitor,
+}
+
+/// A named set of protected ports and the CIDRs allowed to reach them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub ports: Vec<PortRange>,
+    pub allow: Vec<AllowEntry>,
+    pub mode: ServiceMode,
+}
+
+/// One allowed CIDR with its optional note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub net: IpNet,
+    pub note: Option<String>,
+}
+
+/// Transport protocols whose ports can be protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => xdp_allowlist_common::PROTO_TCP,
+            Protocol::Udp => xdp_allowlist_common::PROTO_UDP,
+            Protocol::Sctp => xdp_allowlist_common::PROTO_SCTP,
+        }
+    }
+
+    /// Index in the kernel's port table.
+    pub const fn index(self) -> u32 {
+        match self {
+            Protocol::Tcp => 0,
+            Protocol::Udp => 1,
+            Protocol::Sctp => 2,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.number() == number)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `tcp/22` or `udp/60000-61000`: inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub protocol: Protocol,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn ports(self) -> impl Iterator<Item = u16> {
+        self.first..=self.last
+    }
+
+    pub fn contains(self, protocol: Protocol, port: u16) -> bool {
+        self.protocol == protocol && (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}/{}", self.protocol, self.first)
+        } else {
+            write!(f, "{}/{}-{}", self.protocol, self.first, self.last)
+        }
+    }
+}
+
+/// One problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, 0 when the problem has no single place.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// A configuration that was refused, with every problem found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(
+            f,
+            "{} has {count} problem{}; nothing was changed",
+            self.path.display(),
+            if count == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            if problem.line == 0 {
+                write!(f, "\n  {}: {}", self.path.display(), problem.message)?;
+            } else {
+                write!(
+                    f,
+                    "\n  {}:{}:{}: {}",
+                    self.path.display(),
+                    problem.line,
+                    problem.column,
+                    problem.message
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors from [`load`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read `{}`: {source}; pass --config PATH or set XDP_ALLOWLIST_CONFIG", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// A configuration and the warnings it raised (legal but probably unintended).
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+/// Reads and validates the file at `path`.
+///
+/// # Errors
+///
+/// [`LoadError::Read`] when the file cannot be read, [`LoadError::Invalid`]
+/// with every problem when it does not pass validation.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(parse_str(&text, path)?)
+}
+
+/// Default of `capacity` (CIDRs per address family).
+pub const DEFAULT_CAPACITY: u32 = xdp_allowlist_common::DEFAULT_CAPACITY;
+
+/// Default of `events_per_second` (per CPU).
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
+
+/// Longest service name; it must fit the kernel-side name record.
+pub const MAX_SERVICE_NAME: usize = 48;
+
+#[cfg(test)]
+mod tests;

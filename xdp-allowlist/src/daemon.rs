@@ -1,0 +1,338 @@
+//! `run`: the daemon. Loads or adopts the pinned filter, applies the
+//! configuration as a generation, attaches, then follows the file (watch,
+//! SIGHUP, and a slow poll as a safety net) and streams drop events.
+//!
+//! Stopping the daemon leaves the filter attached and enforcing the last
+//! applied generation; only `detach` removes it.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use fs2::FileExt as _;
+use notify::Watcher as _;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
+use xdp_allowlist_common::{DropEvent, EVENT_WOULD_DROP, FAMILY_V4};
+
+use crate::{
+    apply::Applier,
+    bpf::{self, BpfMaps},
+    config::{self, Config, Protocol},
+    policy::describe_changes,
+};
+
+/// How the daemon was started.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Interfaces from the command line; they replace the file's list.
+    pub interfaces: Vec<String>,
+    pub kernel_log: bool,
+}
+
+/// How often the file is re-read even when no change was notified.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Changes notified within this window are applied together.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Runs the daemon until SIGINT or SIGTERM.
+///
+/// # Errors
+///
+/// A configuration error before anything was loaded (nothing changes), or a
+/// failure to load, adopt or attach.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let loaded = config::load(&options.config_path)?;
+    for warning in &loaded.warnings {
+        tracing::warn!(file = %options.config_path.display(), line = warning.line, "{}", warning.message);
+    }
+    let config = loaded.config;
+    let interfaces = if options.interfaces.is_empty() {
+        config.interfaces.clone()
+    } else {
+        options.interfaces.clone()
+    };
+    if interfaces.is_empty() {
+        return Err(crate::UsageError(
+            "no interface to attach to; set `interfaces` in the configuration or pass --iface".to_owned(),
+        )
+        .into());
+    }
+
+    bpf::ensure_bpffs(&options.pin_dir)?;
+    let _lock = lock_pin_dir(&options.pin_dir)?;
+
+    let mut loaded = bpf::load_and_pin(&options.pin_dir, config.capacity, options.kernel_log)?;
+    let maps = BpfMaps::open(&options.pin_dir)?;
+    let mut applier = Applier::adopt(maps)?;
+    if loaded.adopted_maps {
+        tracing::info!(
+            generation = applier.generation(),
+            pin_dir = %options.pin_dir.display(),
+            "adopted the pinned filter; it kept enforcing while no daemon ran"
+        );
+    }
+
+    // Fill the maps before attaching, so the first packet already meets
+    // the configured allowlist.
+    let report = applier.apply(&config)?;
+    tracing::info!(
+        generation = report.generation,
+        services = config.services.len(),
+        writes = report.writes,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "allowlist applied"
+    );
+
+    for interface in &interfaces {
+        let attachment = bpf::attach(&mut loaded.program, &options.pin_dir, interface, config.xdp_mode)?;
+        tracing::info!(interface = %attachment.interface, mode = %attachment.mode, "filter attached");
+    }
+
+    let logger = if options.kernel_log {
+        Some(aya_log::EbpfLogger::init(&mut loaded.program).context("cannot start the kernel log reader")?)
+    } else {
+        None
+    };
+    // The links hold the program now; the loader object is not needed.
+    drop(loaded);
+
+    let names = Arc::new(Mutex::new(invert(applier.ids())));
+    let events = bpf::open_events(&options.pin_dir)?;
+    let events_task = tokio::spawn(stream_events(events, Arc::clone(&names)));
+    let log_task = logger.map(|logger| tokio::spawn(drain_kernel_log(logger)));
+
+    let (tx, mut rx) = mpsc::channel::<&'static str>(16);
+    let _watcher = watch(&options.config_path, tx.clone())?;
+    let mut hangup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut last_text = fs::read_to_string(&options.config_path).ok();
+    let mut current = config;
+    tracing::info!(config = %options.config_path.display(), "watching the configuration; send SIGHUP to reload now");
+
+    loop {
+        let trigger = tokio::select! {
+            Some(what) = rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                what
+            }
+            _ = hangup.recv() => "SIGHUP",
+            _ = poll.tick() => "poll",
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping; the filter stays attached and enforcing"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping; the filter stays attached and enforcing"); break; }
+        };
+        let text = match fs::read_to_string(&options.config_path) {
+            Ok(text) => text,
+            Err(err) => {
+                if trigger != "poll" {
+                    tracing::error!(config = %options.config_path.display(), error = %err, "cannot read the configuration; the last good allowlist stays in force");
+                }
+                continue;
+            }
+        };
+        if trigger == "poll" && last_text.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last_text = Some(text.clone());
+        match config::parse_str(&text, &options.config_path) {
+            Err(err) => {
+                tracing::error!(trigger, "configuration refused; the last good allowlist stays in force\n{err}");
+            }
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    tracing::warn!(line = warning.line, "{}", warning.message);
+                }
+                reload(&mut applier, &current, &loaded.config, trigger, &names);
+                current = loaded.config;
+            }
+        }
+    }
+
+    events_task.abort();
+    if let Some(task) = log_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+fn reload(
+    applier: &mut Applier<BpfMaps>,
+    current: &Config,
+    next: &Config,
+    trigger: &str,
+    names: &Arc<Mutex<BTreeMap<u32, String>>>,
+) {
+    let changes = describe_changes(Some(current), next);
+    match applier.apply(next) {
+        Ok(report) if report.unchanged => {
+            tracing::debug!(trigger, "configuration unchanged");
+        }
+        Ok(report) => {
+            for (service, change) in &changes {
+                tracing::info!(
+                    service = %service,
+                    added = ?change.added,
+                    removed = ?change.removed,
+                    "allowlist changed"
+                );
+            }
+            tracing::info!(
+                trigger,
+                generation = report.generation,
+                writes = report.writes,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "new generation applied"
+            );
+            if let Ok(mut names) = names.lock() {
+                *names = invert(applier.ids());
+            }
+        }
+        Err(err) => {
+            tracing::error!(trigger, "applying the configuration failed: {err:#}");
+        }
+    }
+}
+
+fn invert(ids: &BTreeMap<String, u32>) -> BTreeMap<u32, String> {
+    ids.iter().map(|(name, id)| (*id, name.clone())).collect()
+}
+
+/// One daemon per pin directory: a lock file in /run keyed by the directory.
+fn lock_pin_dir(pin_dir: &Path) -> anyhow::Result<fs::File> {
+    let dir = Path::new("/run/xdp-allowlist");
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key: String = pin_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let path = dir.join(format!("{key}.lock"));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.try_lock_exclusive().map_err(|_| {
+        crate::UsageError(format!(
+            "another xdp-allowlist daemon already runs for pin dir {} (lock {}); stop it first or use another --pin-dir",
+            pin_dir.display(),
+            path.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// Watches the directory of the configuration rather than the file, so that
+/// editors that write and rename, and ConfigMap symlink swaps, are seen.
+fn watch(path: &Path, tx: mpsc::Sender<&'static str>) -> anyhow::Result<notify::RecommendedWatcher> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send("file change");
+        }
+    })?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    Ok(watcher)
+}
+
+/// Reads drop events and logs them. The kernel already limits how many
+/// are sent; counters hold the full numbers.
+async fn stream_events(ring: RingBuf<MapData>, names: Arc<Mutex<BTreeMap<u32, String>>>) {
+    // SAFETY: the ring buffer's fd is owned by the `RingBuf` moved into the
+    // AsyncFd and stays open for as long as the AsyncFd exists.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot poll the drop-event ring buffer; drops are still counted");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(guard) => guard,
+            Err(err) => {
+                tracing::error!(error = %err, "drop-event ring buffer failed");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if let Some(event) = decode_event(&item) {
+                let service = names
+                    .lock()
+                    .ok()
+                    .and_then(|n| n.get(&event.service).cloned())
+                    .unwrap_or_else(|| format!("#{}", event.service));
+                log_event(&event, &service);
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Copies a [`DropEvent`] out of a ring-buffer record.
+pub fn decode_event(bytes: &[u8]) -> Option<DropEvent> {
+    if bytes.len() < std::mem::size_of::<DropEvent>() {
+        return None;
+    }
+    // SAFETY: the record holds at least size_of::<DropEvent>() bytes and
+    // DropEvent is plain data (every bit pattern valid); read_unaligned
+    // has no alignment requirement.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DropEvent>()) })
+}
+
+/// The source address of an event.
+pub fn event_source(event: &DropEvent) -> IpAddr {
+    if event.family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(event.addr[0], event.addr[1], event.addr[2], event.addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(event.addr))
+    }
+}
+
+fn log_event(event: &DropEvent, service: &str) {
+    let source = event_source(event);
+    let protocol = Protocol::from_number(event.proto).map(Protocol::name).unwrap_or("?");
+    if event.kind == EVENT_WOULD_DROP {
+        tracing::info!(src = %source, service, port = %format!("{protocol}/{}", event.port), "would drop (monitor mode)");
+    } else {
+        tracing::info!(src = %source, service, port = %format!("{protocol}/{}", event.port), "dropped");
+    }
+}
+
+async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer fd and lives inside the AsyncFd.
+    let mut fd = match unsafe { AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot poll the kernel log");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

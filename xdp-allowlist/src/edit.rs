@@ -1,0 +1,210 @@
+//! `allow add` and `allow remove`: edits of the configuration file that keep
+//! its comments and layout.
+//!
+//! An edit takes a lock next to the file, validates the whole edited file
+//! with the same checks as the daemon, writes it to a temporary file in the
+//! same directory and renames it over the original. A refused edit changes
+//! nothing; a reader never sees a half-written file.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use fs2::FileExt as _;
+use ipnet::IpNet;
+use toml_edit::{DocumentMut, InlineTable, Item, Value};
+
+use crate::{
+    config::{self, parse_cidr},
+    UsageError,
+};
+
+/// What an edit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EditOutcome {
+    Changed,
+    /// The file already said so; it was not rewritten.
+    AlreadyThere,
+}
+
+/// Adds `cidr` to `service`'s allowlist.
+///
+/// # Errors
+///
+/// [`UsageError`] for an unknown service, a bad CIDR or an edit that would
+/// make the file invalid; other errors for I/O failures.
+pub fn allow_add(path: &Path, service: &str, cidr: &str, note: Option<&str>) -> anyhow::Result<EditOutcome> {
+    let net = parse_cidr(cidr).map_err(|e| UsageError(e.to_string()))?;
+    edit(path, |doc| {
+        let array = allow_array(doc, service, true)?;
+        if find(array, net).is_some() {
+            return Ok(EditOutcome::AlreadyThere);
+        }
+        let value = match note {
+            Some(note) => {
+                let mut table = InlineTable::new();
+                table.insert("cidr", net.to_string().into());
+                table.insert("note", note.into());
+                Value::InlineTable(table)
+            }
+            None => Value::from(net.to_string()),
+        };
+        push_like_siblings(array, value);
+        Ok(EditOutcome::Changed)
+    })
+}
+
+/// Removes `cidr` from `service`'s allowlist.
+///
+/// # Errors
+///
+/// [`UsageError`] when the service or the entry does not exist.
+pub fn allow_remove(path: &Path, service: &str, cidr: &str) -> anyhow::Result<EditOutcome> {
+    let net = parse_cidr(cidr).map_err(|e| UsageError(e.to_string()))?;
+    edit(path, |doc| {
+        let array = allow_array(doc, service, false)?;
+        let Some(index) = find(array, net) else {
+            return Err(UsageError(format!(
+                "`{net}` is not in the allowlist of service `{service}`; `xdp-allowlist allow list {service}` shows what is"
+            ))
+            .into());
+        };
+        array.remove(index);
+        Ok(EditOutcome::Changed)
+    })
+}
+
+/// The `allow` array of `service`, created when `create` is set.
+fn allow_array<'a>(
+    doc: &'a mut DocumentMut,
+    service: &str,
+    create: bool,
+) -> anyhow::Result<&'a mut toml_edit::Array> {
+    let known: Vec<String> = doc
+        .get("services")
+        .and_then(Item::as_table_like)
+        .map(|t| t.iter().map(|(k, _)| k.to_owned()).collect())
+        .unwrap_or_default();
+    let table = doc
+        .get_mut("services")
+        .and_then(Item::as_table_like_mut)
+        .and_then(|services| services.get_mut(service))
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "there is no service `{service}`; the configured services are: {}",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ))
+        })?;
+    if table.get("allow").is_none() {
+        if !create {
+            return Err(UsageError(format!("service `{service}` has no allow list")).into());
+        }
+        table.insert("allow", Item::Value(Value::Array(toml_edit::Array::new())));
+    }
+    table
+        .get_mut("allow")
+        .and_then(Item::as_array_mut)
+        .ok_or_else(|| UsageError(format!("`allow` of service `{service}` is not a list")).into())
+}
+
+/// Index of the entry for `net` (written as a string or as `{ cidr = ... }`).
+fn find(array: &toml_edit::Array, net: IpNet) -> Option<usize> {
+    array.iter().position(|value| {
+        let text = match value {
+            Value::String(s) => Some(s.value().as_str()),
+            Value::InlineTable(t) => t.get("cidr").and_then(Value::as_str),
+            _ => None,
+        };
+        text.and_then(|t| parse_cidr(t).ok()) == Some(net)
+    })
+}
+
+/// Appends `value` formatted like the entries before it, so that a list
+/// written one entry per line stays that way.
+fn push_like_siblings(array: &mut toml_edit::Array, mut value: Value) {
+    if let Some(last) = array.iter().last() {
+        let prefix = last.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
+        // The first entry of a one-line list has no leading space; the ones
+        // after it want one.
+        let prefix = if prefix.is_empty() { " " } else { prefix };
+        value.decor_mut().set_prefix(prefix.to_owned());
+    }
+    array.push_formatted(value);
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config.toml".to_owned());
+    path.with_file_name(format!(".{name}.lock"))
+}
+
+/// Locks, reads, edits, validates and atomically replaces the file.
+fn edit(
+    path: &Path,
+    change: impl FnOnce(&mut DocumentMut) -> anyhow::Result<EditOutcome>,
+) -> anyhow::Result<EditOutcome> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path(path))
+        .with_context(|| format!("cannot create the lock file {}", lock_path(path).display()))?;
+    lock.lock_exclusive()
+        .with_context(|| format!("cannot lock {}", lock_path(path).display()))?;
+
+    let text = fs::read_to_string(path).map_err(|e| {
+        UsageError(format!(
+            "cannot read `{}`: {e}; pass --config PATH or set XDP_ALLOWLIST_CONFIG",
+            path.display()
+        ))
+    })?;
+    // The file must be valid before the edit too: an edit never hides
+    // problems that were already there.
+    config::parse_str(&text, path)?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e| UsageError(format!("{} is not valid TOML: {e}", path.display())))?;
+
+    let outcome = change(&mut doc)?;
+    if outcome == EditOutcome::AlreadyThere {
+        return Ok(outcome);
+    }
+    let new_text = doc.to_string();
+    config::parse_str(&new_text, path)?;
+    write_atomically(path, &new_text)?;
+    Ok(outcome)
+}
+
+/// Writes `text` to a temporary file beside `path`, syncs it, keeps the
+/// original's permissions, and renames it into place.
+///
+/// # Errors
+///
+/// When the directory is not writable or the rename fails.
+pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".xdp-allowlist-edit")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    temp.write_all(text.as_bytes())?;
+    temp.as_file().sync_all()?;
+    if let Ok(meta) = fs::metadata(path) {
+        fs::set_permissions(temp.path(), meta.permissions())?;
+    }
+    temp.persist(path)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Ok(dir) = fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

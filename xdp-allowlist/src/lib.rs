@@ -1,0 +1,37 @@
+//! xdp-allowlist: the daemon, the CLI and the pieces they share.
+//!
+//! The binary is a thin layer over these modules: `config` reads and checks
+//! the file, `policy` and `apply` turn it into map writes, `bpf` owns the
+//! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI
+//! and `status` reads the counters.
+
+pub mod apply;
+pub mod bpf;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod edit;
+pub mod policy;
+pub mod status;
+
+/// The compiled kernel program, built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-allowlist"));
+
+/// A mistake in what the user asked for or wrote: exit code 2, nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Exit code for an error: 2 for usage and configuration errors, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    let usage = err.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || cause.is::<config::ConfigError>()
+            || matches!(cause.downcast_ref::<config::LoadError>(), Some(config::LoadError::Invalid(_)) | Some(config::LoadError::Read { .. }))
+    });
+    if usage {
+        2
+    } else {
+        1
+    }
+}

@@ -1,0 +1,160 @@
+//! `status`: what the kernel enforces and what it counted, read from the
+//! pinned maps, so it works from any process, with or without the daemon.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::{Array, MapData, PerCpuArray};
+use serde::Serialize;
+use xdp_allowlist_common::{
+    Control, Reason, ServiceCounters, ServiceName, CONTROL_MAP, COUNTERS_MAP, EVENT_STATS_MAP,
+    EVENT_STAT_RATE_LIMITED, EVENT_STAT_RING_FULL, EVENT_STAT_SENT, REASONS_MAP, SERVICE_MONITOR,
+    SERVICE_NAMES_MAP, SERVICES_MAP, MAX_SERVICES,
+};
+
+use crate::bpf::{self, Attachment};
+
+/// Totals of one service over all CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    pub id: u32,
+    pub mode: &'static str,
+    pub passed: u64,
+    pub passed_bytes: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub would_drop: u64,
+}
+
+/// Drop events sent and lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventStatus {
+    pub sent: u64,
+    pub rate_limited: u64,
+    pub ring_full: u64,
+}
+
+/// Everything `status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub generation: u64,
+    pub active_slot: u32,
+    pub attachments: Vec<Attachment>,
+    pub services: BTreeMap<String, ServiceStatus>,
+    pub reasons: BTreeMap<&'static str, u64>,
+    pub events: EventStatus,
+}
+
+/// Reads the status from the maps pinned in `pin_dir`.
+///
+/// # Errors
+///
+/// When nothing is pinned there or a map cannot be read.
+pub fn read(pin_dir: &Path) -> anyhow::Result<Status> {
+    bpf::check_pinned_layout(pin_dir)?;
+    let control: Array<MapData, Control> = bpf::open_map(pin_dir, CONTROL_MAP)?;
+    let control = control.get(&0, 0)?;
+    let names: Array<MapData, ServiceName> = bpf::open_map(pin_dir, SERVICE_NAMES_MAP)?;
+    let names = bpf::read_service_names(&names)?;
+    let policies: Array<MapData, xdp_allowlist_common::ServicePolicy> =
+        bpf::open_map(pin_dir, SERVICES_MAP)?;
+    let counters: PerCpuArray<MapData, ServiceCounters> = bpf::open_map(pin_dir, COUNTERS_MAP)?;
+    let reasons: PerCpuArray<MapData, u64> = bpf::open_map(pin_dir, REASONS_MAP)?;
+    let event_stats: PerCpuArray<MapData, u64> = bpf::open_map(pin_dir, EVENT_STATS_MAP)?;
+
+    let slot = control.active_slot & 1;
+    let mut services = BTreeMap::new();
+    for (id, name) in names {
+        let per_cpu = counters.get(&id, 0)?;
+        let mut total = ServiceStatus {
+            id,
+            ..Default::default()
+        };
+        for c in per_cpu.iter() {
+            total.passed += c.passed;
+            total.passed_bytes += c.passed_bytes;
+            total.dropped += c.dropped;
+            total.dropped_bytes += c.dropped_bytes;
+            total.would_drop += c.would_drop;
+        }
+        let flags = policies.get(&(slot * MAX_SERVICES + id), 0)?.flags;
+        total.mode = if flags & SERVICE_MONITOR != 0 {
+            "monitor"
+        } else {
+            "enforce"
+        };
+        services.insert(name, total);
+    }
+
+    let mut reason_totals = BTreeMap::new();
+    for reason in Reason::ALL {
+        let total: u64 = reasons.get(&(reason as u32), 0)?.iter().sum();
+        reason_totals.insert(reason.name(), total);
+    }
+    let sum = |index: u32| -> anyhow::Result<u64> { Ok(event_stats.get(&index, 0)?.iter().sum()) };
+    let events = EventStatus {
+        sent: sum(EVENT_STAT_SENT)?,
+        rate_limited: sum(EVENT_STAT_RATE_LIMITED)?,
+        ring_full: sum(EVENT_STAT_RING_FULL)?,
+    };
+
+    Ok(Status {
+        pin_dir: pin_dir.display().to_string(),
+        generation: control.generation,
+        active_slot: control.active_slot,
+        attachments: bpf::attachments(pin_dir),
+        services,
+        reasons: reason_totals,
+        events,
+    })
+}
+
+/// The human form of `status`.
+pub fn render(status: &Status) -> String {
+    use std::fmt::Write as _;
+
+    let mut out = String::new();
+    let _ = writeln!(out, "generation {} (pin dir {})", status.generation, status.pin_dir);
+    if status.attachments.is_empty() {
+        let _ = writeln!(out, "attached: nowhere (the filter is loaded but enforces on no interface)");
+    } else {
+        for a in &status.attachments {
+            let _ = writeln!(out, "attached: {} ({} XDP)", a.interface, a.mode);
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:>14} {:>14} {:>14}",
+        "SERVICE", "MODE", "PASSED", "DROPPED", "WOULD DROP"
+    );
+    for (name, s) in &status.services {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>14} {:>14} {:>14}",
+            name, s.mode, s.passed, s.dropped, s.would_drop
+        );
+    }
+    let _ = writeln!(out);
+    let nonzero: Vec<String> = status
+        .reasons
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "parser: {}",
+        if nonzero.is_empty() {
+            "no packets counted yet".to_owned()
+        } else {
+            nonzero.join(" ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "drop events: {} sent, {} not sent (rate limit), {} lost (ring buffer full)",
+        status.events.sent, status.events.rate_limited, status.events.ring_full
+    );
+    out
+}

@@ -1,1 +1,2 @@
-
+//! Helpers for the root-only tests: kernel tests through BPF_PROG_TEST_RUN
+//! and end-to-end tests in network namespaces.

@@ -12,10 +12,14 @@ pub mod config;
 pub mod daemon;
 pub mod edit;
 pub mod policy;
+pub mod reference;
 pub mod status;
 
 /// The compiled kernel program, built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-allowlist"));
+
+/// A program that drops every packet: the floor benchmarks compare against.
+pub static DROP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-drop"));
 
 /// A mistake in what the user asked for or wrote: exit code 2, nothing changed.
 #[derive(Debug, thiserror::Error)]

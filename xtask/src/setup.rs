@@ -1,0 +1,118 @@
+//! `cargo xtask setup`: installs what building and testing need and is
+//! missing, and nothing else. Safe to run any number of times; every other
+//! task runs it first.
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::run;
+
+/// Debian packages bpf-linker is built against (rustc's LLVM is 22).
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
+
+/// Debian packages the tests and demo drive: `ip` for namespaces, Python's
+/// scapy to craft frames independently of our own encoder.
+const TEST_PACKAGES: &[&str] = &["iproute2", "python3-scapy"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Installs whatever is missing.
+///
+/// # Errors
+///
+/// When an installer fails; its output says why.
+pub fn setup() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = LLVM_PACKAGES
+        .iter()
+        .chain(TEST_PACKAGES)
+        .copied()
+        .filter(|p| !deb_installed(p))
+        .collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        println!("setup: installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    if !nightly_has_rust_src() {
+        println!("setup: installing the nightly toolchain with rust-src (the kernel crate needs build-std)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        if !nightly_has_rust_src() {
+            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        }
+    }
+
+    if !bpf_linker_ok() {
+        println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about two minutes)");
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", path))?;
+        if !bpf_linker_ok() {
+            bail!("bpf-linker was installed but `bpf-linker --version` still fails; is ~/.cargo/bin on PATH?");
+        }
+    }
+    Ok(())
+}
+
+fn deb_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn nightly_has_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .map(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src"))
+        .unwrap_or(false)
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+/// Fails early, with a useful message, when not root.
+///
+/// # Errors
+///
+/// When the effective user is not root.
+pub fn require_root(task: &str) -> anyhow::Result<()> {
+    let out = Command::new("id").arg("-u").output().context("cannot run `id -u`")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("`cargo xtask {task}` loads XDP programs and creates network namespaces: run it as root");
+    }
+    Ok(())
+}

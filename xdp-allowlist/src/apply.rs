@@ -33,8 +33,15 @@ pub const SLOT_GRACE: Duration = Duration::from_millis(50);
 pub trait PolicyMaps {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    fn set_port(&mut self, slot: u32, proto_idx: u32, port: u16, service: u32) -> Result<(), Self::Error>;
-    fn set_service_flags(&mut self, slot: u32, service: u32, flags: u32) -> Result<(), Self::Error>;
+    fn set_port(
+        &mut self,
+        slot: u32,
+        proto_idx: u32,
+        port: u16,
+        service: u32,
+    ) -> Result<(), Self::Error>;
+    fn set_service_flags(&mut self, slot: u32, service: u32, flags: u32)
+        -> Result<(), Self::Error>;
     fn insert_v4(&mut self, slot: u32, service: u32, net: Ipv4Net) -> Result<(), Self::Error>;
     fn remove_v4(&mut self, slot: u32, service: u32, net: Ipv4Net) -> Result<(), Self::Error>;
     fn insert_v6(&mut self, slot: u32, service: u32, net: Ipv6Net) -> Result<(), Self::Error>;
@@ -94,7 +101,10 @@ impl<M: PolicyMaps> Applier<M> {
     pub fn adopt(maps: M) -> Result<Self, ApplyError> {
         let read = |e: M::Error| ApplyError::Read(Box::new(e));
         let control = maps.control().map_err(read)?;
-        let slots = [maps.read_slot(0).map_err(read)?, maps.read_slot(1).map_err(read)?];
+        let slots = [
+            maps.read_slot(0).map_err(read)?,
+            maps.read_slot(1).map_err(read)?,
+        ];
         let ids = maps
             .service_names()
             .map_err(read)?
@@ -199,21 +209,24 @@ impl<M: PolicyMaps> Applier<M> {
             events_per_sec: config.events_per_second,
             _pad: 0,
         };
-        self.maps.set_control(control).map_err(|source| ApplyError::Write {
-            generation,
-            active: self.control.generation,
-            done,
-            total,
-            source: Box::new(source),
-        })?;
+        self.maps
+            .set_control(control)
+            .map_err(|source| ApplyError::Write {
+                generation,
+                active: self.control.generation,
+                done,
+                total,
+                source: Box::new(source),
+            })?;
         self.last_flip = Some(Instant::now());
         self.control = control;
         self.slots[target] = desired;
 
         // Names of services that are gone are cleared once no packet can be
         // judged by a generation that still has them.
-        for (name, id) in &self.ids {
-            if !ids.contains_key(name) {
+        let kept: std::collections::BTreeSet<u32> = ids.values().copied().collect();
+        for id in self.ids.values() {
+            if !kept.contains(id) {
                 let _ = self.maps.set_service_name(*id, "");
             }
         }
@@ -277,3 +290,6 @@ impl<M: PolicyMaps> Applier<M> {
 pub use fake::FakeMaps;
 
 mod fake;
+
+#[cfg(test)]
+mod tests;

@@ -24,7 +24,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
+    },
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     EbpfLoader,
 };
@@ -68,7 +70,12 @@ pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .with_context(|| format!("bpffs is not mounted at {} and mounting it failed", root.display()))?;
+        .with_context(|| {
+            format!(
+                "bpffs is not mounted at {} and mounting it failed",
+                root.display()
+            )
+        })?;
         tracing::info!(path = %root.display(), "mounted bpffs");
     }
     if !is_bpffs(pin_dir.parent().unwrap_or(pin_dir)) && !is_bpffs(pin_dir) {
@@ -105,7 +112,9 @@ pub fn check_pinned_layout(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
         return Ok(None);
     }
     let meta: Array<MapData, Meta> = open_map(pin_dir, META_MAP)?;
-    let meta = meta.get(&0, 0).context("cannot read the pinned layout record")?;
+    let meta = meta
+        .get(&0, 0)
+        .context("cannot read the pinned layout record")?;
     if meta.magic == 0 {
         // Created but never stamped (a daemon died while loading): fresh.
         return Ok(None);
@@ -139,8 +148,14 @@ where
             path.display()
         )
     })?;
-    let map = Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
-    T::try_from(map).map_err(|e| anyhow!("the map at {} does not have the expected layout: {e}", path.display()))
+    let map = Map::from_map_data(data)
+        .with_context(|| format!("unexpected map type at {}", path.display()))?;
+    T::try_from(map).map_err(|e| {
+        anyhow!(
+            "the map at {} does not have the expected layout: {e}",
+            path.display()
+        )
+    })
 }
 
 /// What `load_and_pin` did.
@@ -174,7 +189,11 @@ pub fn load_and_pin(pin_dir: &Path, capacity: u32, kernel_log: bool) -> anyhow::
     };
     // aya-log's level is patched into the object: 0 turns every log site
     // into a single untaken branch.
-    let log_level: u8 = if kernel_log { aya_log::Level::Debug as u8 } else { 0 };
+    let log_level: u8 = if kernel_log {
+        aya_log::Level::Debug as u8
+    } else {
+        0
+    };
     let maps_dir = maps_dir(pin_dir);
     let mut program = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)
@@ -188,7 +207,8 @@ pub fn load_and_pin(pin_dir: &Path, capacity: u32, kernel_log: bool) -> anyhow::
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| anyhow!("program `{PROGRAM_NAME}` missing from the object"))?
         .try_into()?;
-    xdp.load().context("the kernel verifier refused the program")?;
+    xdp.load()
+        .context("the kernel verifier refused the program")?;
 
     if pinned_capacity.is_none() {
         let mut meta: Array<MapData, Meta> = open_map(pin_dir, META_MAP)?;
@@ -250,7 +270,10 @@ pub fn attach(
     interface: &str,
     setting: XdpModeSetting,
 ) -> anyhow::Result<Attachment> {
-    if let Some(existing) = attachments(pin_dir).into_iter().find(|a| a.interface == interface) {
+    if let Some(existing) = attachments(pin_dir)
+        .into_iter()
+        .find(|a| a.interface == interface)
+    {
         // A link pinned by an earlier daemon: verify it is still alive, then
         // keep it. Re-attaching would open a gap.
         if PinnedLink::from_pin(&existing.pin).is_ok() && interface_exists(interface) {
@@ -275,7 +298,8 @@ pub fn attach(
                 let fd_link: FdLink = link
                     .try_into()
                     .map_err(|e| anyhow!("the kernel attached {interface} without a BPF link, which cannot be pinned: {e}"))?;
-                let pin = links_dir(pin_dir).join(format!("{}:{mode_name}", encode_ifname(interface)));
+                let pin =
+                    links_dir(pin_dir).join(format!("{}:{mode_name}", encode_ifname(interface)));
                 fd_link
                     .pin(&pin)
                     .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
@@ -394,8 +418,15 @@ fn untag(tag: [u8; 4]) -> (u32, u32) {
 impl PolicyMaps for BpfMaps {
     type Error = MapError;
 
-    fn set_port(&mut self, slot: u32, proto_idx: u32, port: u16, service: u32) -> Result<(), MapError> {
-        self.ports.set(port_index(slot, proto_idx, port), service, 0)
+    fn set_port(
+        &mut self,
+        slot: u32,
+        proto_idx: u32,
+        port: u16,
+        service: u32,
+    ) -> Result<(), MapError> {
+        self.ports
+            .set(port_index(slot, proto_idx, port), service, 0)
     }
 
     fn set_service_flags(&mut self, slot: u32, service: u32, flags: u32) -> Result<(), MapError> {
@@ -404,7 +435,8 @@ impl PolicyMaps for BpfMaps {
     }
 
     fn insert_v4(&mut self, slot: u32, service: u32, net: Ipv4Net) -> Result<(), MapError> {
-        self.v4.insert(&v4_key(slot, service, net), RuleValue::default(), 0)
+        self.v4
+            .insert(&v4_key(slot, service, net), RuleValue::default(), 0)
     }
 
     fn remove_v4(&mut self, slot: u32, service: u32, net: Ipv4Net) -> Result<(), MapError> {
@@ -412,7 +444,8 @@ impl PolicyMaps for BpfMaps {
     }
 
     fn insert_v6(&mut self, slot: u32, service: u32, net: Ipv6Net) -> Result<(), MapError> {
-        self.v6.insert(&v6_key(slot, service, net), RuleValue::default(), 0)
+        self.v6
+            .insert(&v6_key(slot, service, net), RuleValue::default(), 0)
     }
 
     fn remove_v6(&mut self, slot: u32, service: u32, net: Ipv6Net) -> Result<(), MapError> {
@@ -429,10 +462,12 @@ impl PolicyMaps for BpfMaps {
     }
 
     fn reset_counters(&mut self, service: u32) -> Result<(), MapError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, io_error)| MapError::SyscallError(aya::sys::SyscallError {
-            call: "nr_cpus",
-            io_error,
-        }))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, io_error)| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error,
+            })
+        })?;
         let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])?;
         self.counters.set(service, zero, 0)
     }
@@ -497,13 +532,18 @@ impl PolicyMaps for BpfMaps {
 /// # Errors
 ///
 /// When the map cannot be read.
-pub fn read_service_names(names: &Array<MapData, ServiceName>) -> Result<BTreeMap<u32, String>, MapError> {
+pub fn read_service_names(
+    names: &Array<MapData, ServiceName>,
+) -> Result<BTreeMap<u32, String>, MapError> {
     let mut found = BTreeMap::new();
     for id in 1..MAX_SERVICES {
         let record = names.get(&id, 0)?;
         if record.len > 0 {
             let len = (record.len as usize).min(record.bytes.len());
-            found.insert(id, String::from_utf8_lossy(&record.bytes[..len]).into_owned());
+            found.insert(
+                id,
+                String::from_utf8_lossy(&record.bytes[..len]).into_owned(),
+            );
         }
     }
     Ok(found)

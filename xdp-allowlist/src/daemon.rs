@@ -63,7 +63,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     if interfaces.is_empty() {
         return Err(crate::UsageError(
-            "no interface to attach to; set `interfaces` in the configuration or pass --iface".to_owned(),
+            "no interface to attach to; set `interfaces` in the configuration or pass --iface"
+                .to_owned(),
         )
         .into());
     }
@@ -94,12 +95,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     );
 
     for interface in &interfaces {
-        let attachment = bpf::attach(&mut loaded.program, &options.pin_dir, interface, config.xdp_mode)?;
+        let attachment = bpf::attach(
+            &mut loaded.program,
+            &options.pin_dir,
+            interface,
+            config.xdp_mode,
+        )?;
         tracing::info!(interface = %attachment.interface, mode = %attachment.mode, "filter attached");
     }
 
     let logger = if options.kernel_log {
-        Some(aya_log::EbpfLogger::init(&mut loaded.program).context("cannot start the kernel log reader")?)
+        Some(
+            aya_log::EbpfLogger::init(&mut loaded.program)
+                .context("cannot start the kernel log reader")?,
+        )
     } else {
         None
     };
@@ -150,7 +159,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         last_text = Some(text.clone());
         match config::parse_str(&text, &options.config_path) {
             Err(err) => {
-                tracing::error!(trigger, "configuration refused; the last good allowlist stays in force\n{err}");
+                tracing::error!(
+                    trigger,
+                    "configuration refused; the last good allowlist stays in force\n{err}"
+                );
             }
             Ok(loaded) => {
                 for warning in &loaded.warnings {
@@ -239,7 +251,10 @@ fn lock_pin_dir(pin_dir: &Path) -> anyhow::Result<fs::File> {
 
 /// Watches the directory of the configuration rather than the file, so that
 /// editors that write and rename, and ConfigMap symlink swaps, are seen.
-fn watch(path: &Path, tx: mpsc::Sender<&'static str>) -> anyhow::Result<notify::RecommendedWatcher> {
+fn watch(
+    path: &Path,
+    tx: mpsc::Sender<&'static str>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -305,7 +320,12 @@ pub fn decode_event(bytes: &[u8]) -> Option<DropEvent> {
 /// The source address of an event.
 pub fn event_source(event: &DropEvent) -> IpAddr {
     if event.family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(event.addr[0], event.addr[1], event.addr[2], event.addr[3]))
+        IpAddr::V4(Ipv4Addr::new(
+            event.addr[0],
+            event.addr[1],
+            event.addr[2],
+            event.addr[3],
+        ))
     } else {
         IpAddr::V6(Ipv6Addr::from(event.addr))
     }
@@ -313,7 +333,9 @@ pub fn event_source(event: &DropEvent) -> IpAddr {
 
 fn log_event(event: &DropEvent, service: &str) {
     let source = event_source(event);
-    let protocol = Protocol::from_number(event.proto).map(Protocol::name).unwrap_or("?");
+    let protocol = Protocol::from_number(event.proto)
+        .map(Protocol::name)
+        .unwrap_or("?");
     if event.kind == EVENT_WOULD_DROP {
         tracing::info!(src = %source, service, port = %format!("{protocol}/{}", event.port), "would drop (monitor mode)");
     } else {
@@ -331,7 +353,9 @@ async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
         }
     };
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }

@@ -36,7 +36,12 @@ pub enum EditOutcome {
 ///
 /// [`UsageError`] for an unknown service, a bad CIDR or an edit that would
 /// make the file invalid; other errors for I/O failures.
-pub fn allow_add(path: &Path, service: &str, cidr: &str, note: Option<&str>) -> anyhow::Result<EditOutcome> {
+pub fn allow_add(
+    path: &Path,
+    service: &str,
+    cidr: &str,
+    note: Option<&str>,
+) -> anyhow::Result<EditOutcome> {
     let net = parse_cidr(cidr).map_err(|e| UsageError(e.to_string()))?;
     edit(path, |doc| {
         let array = allow_array(doc, service, true)?;
@@ -72,7 +77,7 @@ pub fn allow_remove(path: &Path, service: &str, cidr: &str) -> anyhow::Result<Ed
             ))
             .into());
         };
-        array.remove(index);
+        remove_keeping_comments(array, index);
         Ok(EditOutcome::Changed)
     })
 }
@@ -96,7 +101,11 @@ fn allow_array<'a>(
         .ok_or_else(|| {
             UsageError(format!(
                 "there is no service `{service}`; the configured services are: {}",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             ))
         })?;
     if table.get("allow").is_none() {
@@ -125,15 +134,67 @@ fn find(array: &toml_edit::Array, net: IpNet) -> Option<usize> {
 
 /// Appends `value` formatted like the entries before it, so that a list
 /// written one entry per line stays that way.
+///
+/// toml_edit keeps the comment that ends an entry's line in the *next*
+/// entry's prefix (or, for the last entry, in the array's trailing text), so
+/// that text moves to the new entry's prefix and the trailing text keeps
+/// only the closing bracket's indentation.
 fn push_like_siblings(array: &mut toml_edit::Array, mut value: Value) {
-    if let Some(last) = array.iter().last() {
-        let prefix = last.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
-        // The first entry of a one-line list has no leading space; the ones
-        // after it want one.
-        let prefix = if prefix.is_empty() { " " } else { prefix };
-        value.decor_mut().set_prefix(prefix.to_owned());
+    let Some(last) = array.iter().last() else {
+        array.push_formatted(value);
+        return;
+    };
+    let last_prefix = raw(last.decor().prefix());
+    let trailing = raw(Some(array.trailing()));
+    let (line_end, closing_indent) = split_after_last_newline(&trailing);
+    if line_end.is_empty() {
+        // One line: `["a", "b"]`.
+        let prefix = if last_prefix.is_empty() {
+            " ".to_owned()
+        } else {
+            last_prefix
+        };
+        value.decor_mut().set_prefix(prefix);
+    } else {
+        let (_, indent) = split_after_last_newline(&last_prefix);
+        value.decor_mut().set_prefix(format!("{line_end}{indent}"));
+        array.set_trailing(format!("\n{closing_indent}"));
     }
     array.push_formatted(value);
+}
+
+/// Removes entry `index`, keeping the comments of the entries that stay.
+fn remove_keeping_comments(array: &mut toml_edit::Array, index: usize) {
+    let removed_prefix = array
+        .get(index)
+        .map(|v| raw(v.decor().prefix()))
+        .unwrap_or_default();
+    let is_last = index + 1 == array.len();
+    array.remove(index);
+    if is_last {
+        // The removed entry's comment sat in the trailing text; the comment
+        // of the entry before it sat in the removed entry's prefix.
+        let trailing = raw(Some(array.trailing()));
+        let (line_end, _) = split_after_last_newline(&removed_prefix);
+        let (_, closing_indent) = split_after_last_newline(&trailing);
+        if !line_end.is_empty() {
+            array.set_trailing(format!("{line_end}{closing_indent}"));
+        }
+    } else if let Some(next) = array.get_mut(index) {
+        next.decor_mut().set_prefix(removed_prefix);
+    }
+}
+
+fn raw(text: Option<&toml_edit::RawString>) -> String {
+    text.and_then(|r| r.as_str()).unwrap_or("").to_owned()
+}
+
+/// `(text up to and including its last newline, the rest)`.
+fn split_after_last_newline(text: &str) -> (String, String) {
+    match text.rfind('\n') {
+        Some(i) => (text[..=i].to_owned(), text[i + 1..].to_owned()),
+        None => (String::new(), text.to_owned()),
+    }
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -188,7 +249,10 @@ fn edit(
 ///
 /// When the directory is not writable or the rename fails.
 pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(".xdp-allowlist-edit")
         .tempfile_in(dir)

@@ -16,7 +16,8 @@ pub mod reference;
 pub mod status;
 
 /// The compiled kernel program, built by `build.rs`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-allowlist"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-allowlist"));
 
 /// A program that drops every packet: the floor benchmarks compare against.
 pub static DROP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-drop"));
@@ -31,7 +32,10 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     let usage = err.chain().any(|cause| {
         cause.is::<UsageError>()
             || cause.is::<config::ConfigError>()
-            || matches!(cause.downcast_ref::<config::LoadError>(), Some(config::LoadError::Invalid(_)) | Some(config::LoadError::Read { .. }))
+            || matches!(
+                cause.downcast_ref::<config::LoadError>(),
+                Some(config::LoadError::Invalid(_)) | Some(config::LoadError::Read { .. })
+            )
     });
     if usage {
         2

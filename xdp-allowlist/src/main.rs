@@ -78,7 +78,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => {
             match edit::allow_add(&config_path, &service, &cidr, note.as_deref())? {
                 edit::EditOutcome::Changed => println!("added {cidr} to {service}"),
-                edit::EditOutcome::AlreadyThere => println!("{cidr} is already allowed for {service}; nothing changed"),
+                edit::EditOutcome::AlreadyThere => {
+                    println!("{cidr} is already allowed for {service}; nothing changed")
+                }
             }
             Ok(())
         }
@@ -87,7 +89,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("removed {cidr} from {service}");
             Ok(())
         }
-        Command::Allow(AllowCommand::List { service, json }) => list(&config_path, service.as_deref(), json),
+        Command::Allow(AllowCommand::List { service, json }) => {
+            list(&config_path, service.as_deref(), json)
+        }
         Command::Status { json } => {
             let status = status::read(&pin_dir)?;
             if json {
@@ -133,7 +137,11 @@ fn list(path: &std::path::Path, only: Option<&str>, as_json: bool) -> anyhow::Re
         .collect();
     if let Some(name) = only {
         if services.is_empty() {
-            return Err(UsageError(format!("there is no service `{name}` in {}", path.display())).into());
+            return Err(UsageError(format!(
+                "there is no service `{name}` in {}",
+                path.display()
+            ))
+            .into());
         }
     }
     if as_json {

@@ -87,7 +87,13 @@ pub fn assign_ids(
         if ids.contains_key(name) {
             continue;
         }
-        if let Some(id) = (1..MAX_SERVICES).find(|id| !used.contains(id)) {
+        // Prefer an id the running generation does not use, so that packets
+        // still judged by it are never counted under the new service.
+        let retiring: BTreeSet<u32> = previous.values().copied().collect();
+        let id = (1..MAX_SERVICES)
+            .find(|id| !used.contains(id) && !retiring.contains(id))
+            .or_else(|| (1..MAX_SERVICES).find(|id| !used.contains(id)));
+        if let Some(id) = id {
             used.insert(id);
             ids.insert(name.clone(), id);
             fresh.push(name.clone());
@@ -176,7 +182,10 @@ pub struct ServiceChange {
 }
 
 /// Per-service CIDR changes between the configurations `before` and `after`.
-pub fn describe_changes(before: Option<&Config>, after: &Config) -> BTreeMap<String, ServiceChange> {
+pub fn describe_changes(
+    before: Option<&Config>,
+    after: &Config,
+) -> BTreeMap<String, ServiceChange> {
     let mut changes = BTreeMap::new();
     let names: BTreeSet<&String> = after
         .services

@@ -7,8 +7,8 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use serde::Serialize;
 use xdp_allowlist_common::{
     Control, Reason, ServiceCounters, ServiceName, CONTROL_MAP, COUNTERS_MAP, EVENT_STATS_MAP,
-    EVENT_STAT_RATE_LIMITED, EVENT_STAT_RING_FULL, EVENT_STAT_SENT, REASONS_MAP, SERVICE_MONITOR,
-    SERVICE_NAMES_MAP, SERVICES_MAP, MAX_SERVICES,
+    EVENT_STAT_RATE_LIMITED, EVENT_STAT_RING_FULL, EVENT_STAT_SENT, MAX_SERVICES, REASONS_MAP,
+    SERVICES_MAP, SERVICE_MONITOR, SERVICE_NAMES_MAP,
 };
 
 use crate::bpf::{self, Attachment};
@@ -114,9 +114,16 @@ pub fn render(status: &Status) -> String {
     use std::fmt::Write as _;
 
     let mut out = String::new();
-    let _ = writeln!(out, "generation {} (pin dir {})", status.generation, status.pin_dir);
+    let _ = writeln!(
+        out,
+        "generation {} (pin dir {})",
+        status.generation, status.pin_dir
+    );
     if status.attachments.is_empty() {
-        let _ = writeln!(out, "attached: nowhere (the filter is loaded but enforces on no interface)");
+        let _ = writeln!(
+            out,
+            "attached: nowhere (the filter is loaded but enforces on no interface)"
+        );
     } else {
         for a in &status.attachments {
             let _ = writeln!(out, "attached: {} ({} XDP)", a.interface, a.mode);

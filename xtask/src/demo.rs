@@ -86,15 +86,29 @@ pub fn demo(binary: &Path) -> anyhow::Result<()> {
     for ns in [&world.server_ns, &world.client_ns] {
         run(Command::new("ip").args(["netns", "add", ns]))?;
     }
-    run(Command::new("ip").args(["link", "add", &server_if, "type", "veth", "peer", "name", &client_if]))?;
+    run(Command::new("ip").args([
+        "link", "add", &server_if, "type", "veth", "peer", "name", &client_if,
+    ]))?;
     run(Command::new("ip").args(["link", "set", &server_if, "netns", &world.server_ns]))?;
     run(Command::new("ip").args(["link", "set", &client_if, "netns", &world.client_ns]))?;
     for (ns, ifname, addrs) in [
         (&world.server_ns, &server_if, vec![SERVER_ADDR]),
-        (&world.client_ns, &client_if, vec![ALLOWED_ADDR, REFUSED_ADDR]),
+        (
+            &world.client_ns,
+            &client_if,
+            vec![ALLOWED_ADDR, REFUSED_ADDR],
+        ),
     ] {
         for addr in addrs {
-            run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifname]))?;
+            run(Command::new("ip").args([
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                ifname,
+            ]))?;
         }
         run(Command::new("ip").args(["-n", ns, "link", "set", ifname, "up"]))?;
         run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
@@ -154,14 +168,25 @@ pub fn demo(binary: &Path) -> anyhow::Result<()> {
     }
 
     step("the counters (xdp-allowlist status) and the drop events the daemon logged");
-    show(Command::new(binary).arg("--pin-dir").arg(&world.pin_dir).arg("status"))?;
+    show(
+        Command::new(binary)
+            .arg("--pin-dir")
+            .arg(&world.pin_dir)
+            .arg("status"),
+    )?;
     print_log(&log_path, &["dropped"]);
 
-    step(&format!("allowing {REFUSED_ADDR} with `xdp-allowlist allow add` (no restart)"));
-    show(Command::new(binary)
-        .arg("--config")
-        .arg(&config)
-        .args(["allow", "add", "admin", &format!("{REFUSED_ADDR}/32"), "--note", "added in the demo"]))?;
+    step(&format!(
+        "allowing {REFUSED_ADDR} with `xdp-allowlist allow add` (no restart)"
+    ));
+    show(Command::new(binary).arg("--config").arg(&config).args([
+        "allow",
+        "add",
+        "admin",
+        &format!("{REFUSED_ADDR}/32"),
+        "--note",
+        "added in the demo",
+    ]))?;
     thread::sleep(Duration::from_millis(500));
     let now_allowed = connect(&world.client_ns, REFUSED_ADDR, 8443)?;
     report(REFUSED_ADDR, 8443, now_allowed);
@@ -181,7 +206,11 @@ fn step(text: &str) {
 }
 
 fn report(from: &str, port: u16, connected: bool) {
-    let what = if connected { "connected" } else { "no answer (dropped by the filter)" };
+    let what = if connected {
+        "connected"
+    } else {
+        "no answer (dropped by the filter)"
+    };
     println!("    {from} -> {SERVER_ADDR}:{port}: {what}");
 }
 
@@ -209,10 +238,16 @@ fn connect(ns: &str, source: &str, port: u16) -> anyhow::Result<bool> {
 fn wait_for_log(path: &Path, needle: &str, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if fs::read_to_string(path).unwrap_or_default().contains(needle) {
+        if fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+        {
             return Ok(());
         }
-        if fs::read_to_string(path).unwrap_or_default().contains("error:") {
+        if fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains("error:")
+        {
             break;
         }
         thread::sleep(Duration::from_millis(100));
@@ -236,7 +271,8 @@ fn print_log(path: &Path, needles: &[&str]) {
 pub fn listen(ports: &[u16]) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     for &port in ports {
-        let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("cannot listen on {port}"))?;
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .with_context(|| format!("cannot listen on {port}"))?;
         handles.push(thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
                 let _ = stream.write_all(b"hello\n");
@@ -254,9 +290,16 @@ pub fn listen(ports: &[u16]) -> anyhow::Result<()> {
 pub fn connect_from(target: &str, source: &str) -> anyhow::Result<bool> {
     let target: SocketAddr = target.parse()?;
     let source: SocketAddr = SocketAddr::new(source.parse()?, 0);
-    let socket = socket2::Socket::new(socket2::Domain::for_address(target), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.bind(&source.into())?;
-    if socket.connect_timeout(&target.into(), Duration::from_secs(2)).is_err() {
+    if socket
+        .connect_timeout(&target.into(), Duration::from_secs(2))
+        .is_err()
+    {
         return Ok(false);
     }
     let mut stream = TcpStream::from(socket);

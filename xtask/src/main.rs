@@ -85,7 +85,15 @@ fn dispatch(task: Task) -> anyhow::Result<std::process::ExitCode> {
             setup::require_root("bench")?;
             setup::setup()?;
             run(cargo()
-                .args(["run", "--release", "-p", "xdp-allowlist-tests", "--bin", "xdp-allowlist-bench", "--"])
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "xdp-allowlist-tests",
+                    "--bin",
+                    "xdp-allowlist-bench",
+                    "--",
+                ])
                 .args(&args))?;
         }
         Task::DemoListen { ports } => demo::listen(&ports)?,
@@ -137,12 +145,35 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The kernel crate only builds for the BPF target, with nightly.
     run(Command::new("rustup")
-        .args(["run", "nightly", "cargo", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
         .current_dir(workspace_root().join("xdp-allowlist-ebpf"))
-        .env("CARGO_TARGET_DIR", workspace_root().join("target").join("ebpf-clippy")))
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target").join("ebpf-clippy"),
+        ))
 }
 
 /// Runs a command, failing with its name when it fails.

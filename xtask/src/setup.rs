@@ -9,7 +9,12 @@ use anyhow::{bail, Context as _};
 use crate::run;
 
 /// Debian packages bpf-linker is built against (rustc's LLVM is 22).
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
 
 /// Debian packages the tests and demo drive: `ip` for namespaces, Python's
 /// scapy to craft frames independently of our own encoder.
@@ -51,12 +56,20 @@ pub fn setup() -> anyhow::Result<()> {
             "rust-src",
         ]))?;
         if !nightly_has_rust_src() {
-            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))?;
         }
     }
 
     if !bpf_linker_ok() {
-        println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about two minutes)");
+        println!(
+            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about two minutes)"
+        );
         let path = format!(
             "/usr/lib/llvm-22/bin:{}",
             std::env::var("PATH").unwrap_or_default()
@@ -92,7 +105,9 @@ fn nightly_has_rust_src() -> bool {
     Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
-        .map(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src"))
+        .map(|out| {
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src")
+        })
         .unwrap_or(false)
 }
 
@@ -100,7 +115,10 @@ fn bpf_linker_ok() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION))
+        .map(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+        })
         .unwrap_or(false)
 }
 
@@ -110,7 +128,10 @@ fn bpf_linker_ok() -> bool {
 ///
 /// When the effective user is not root.
 pub fn require_root(task: &str) -> anyhow::Result<()> {
-    let out = Command::new("id").arg("-u").output().context("cannot run `id -u`")?;
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("cannot run `id -u`")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "0" {
         bail!("`cargo xtask {task}` loads XDP programs and creates network namespaces: run it as root");
     }

@@ -24,7 +24,8 @@ pub struct FakeMaps {
     pub log: Vec<String>,
     /// Fail the write after this many successful ones.
     pub fail_after: Option<usize>,
-    writes: usize,
+    /// Successful writes so far.
+    pub writes: usize,
 }
 
 /// The verdict the fake computes, the same rule as the kernel's.
@@ -53,8 +54,14 @@ impl FakeMaps {
             return FakeVerdict::Unprotected;
         };
         let allowed = match source {
-            IpAddr::V4(addr) => slot.v4.iter().any(|(id, net)| *id == service && net.contains(&addr)),
-            IpAddr::V6(addr) => slot.v6.iter().any(|(id, net)| *id == service && net.contains(&addr)),
+            IpAddr::V4(addr) => slot
+                .v4
+                .iter()
+                .any(|(id, net)| *id == service && net.contains(&addr)),
+            IpAddr::V6(addr) => slot
+                .v6
+                .iter()
+                .any(|(id, net)| *id == service && net.contains(&addr)),
         };
         if allowed {
             FakeVerdict::Pass
@@ -69,7 +76,13 @@ impl FakeMaps {
 impl PolicyMaps for FakeMaps {
     type Error = FakeError;
 
-    fn set_port(&mut self, slot: u32, proto_idx: u32, port: u16, service: u32) -> Result<(), FakeError> {
+    fn set_port(
+        &mut self,
+        slot: u32,
+        proto_idx: u32,
+        port: u16,
+        service: u32,
+    ) -> Result<(), FakeError> {
         self.tick(format!("port {slot} {proto_idx}/{port}={service}"))?;
         let ports = &mut self.slots[slot as usize].ports;
         if service == 0 {

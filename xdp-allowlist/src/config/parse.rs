@@ -81,7 +81,9 @@ impl Walker {
     /// 1-based line and column of the start of `span`.
     fn position(&self, span: Option<Range<usize>>) -> (usize, usize) {
         let Some(span) = span else { return (0, 0) };
-        let line = self.line_starts.partition_point(|&start| start <= span.start);
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= span.start);
         let column = span.start - self.line_starts[line.saturating_sub(1)] + 1;
         (line, column)
     }
@@ -145,7 +147,12 @@ impl Walker {
             .integer(root.get("capacity"), "capacity", 1, 16 * 1024 * 1024)
             .unwrap_or(DEFAULT_CAPACITY);
         let events_per_second = self
-            .integer(root.get("events_per_second"), "events_per_second", 0, 1_000_000)
+            .integer(
+                root.get("events_per_second"),
+                "events_per_second",
+                0,
+                1_000_000,
+            )
             .unwrap_or(DEFAULT_EVENTS_PER_SECOND);
         let services = self.services(root.get("services"));
 
@@ -184,7 +191,9 @@ impl Walker {
                 }
                 Some(name) => self.problem(
                     value.span(),
-                    format!("`{name}` is not an interface name (1-15 characters, no `/`, no spaces)"),
+                    format!(
+                        "`{name}` is not an interface name (1-15 characters, no `/`, no spaces)"
+                    ),
                 ),
                 None => self.problem(value.span(), "interface names must be strings"),
             }
@@ -263,7 +272,10 @@ impl Walker {
                 continue;
             }
             let Some(service_table) = item.as_table() else {
-                self.problem(span, format!("service `{name}` must be a table ([services.{name}])"));
+                self.problem(
+                    span,
+                    format!("service `{name}` must be a table ([services.{name}])"),
+                );
                 continue;
             };
             if let Some(service) = self.service(name, service_table, &mut claims) {
@@ -296,7 +308,10 @@ impl Walker {
             .choice(
                 table.get("mode"),
                 "mode",
-                &[("enforce", ServiceMode::Enforce), ("monitor", ServiceMode::Monitor)],
+                &[
+                    ("enforce", ServiceMode::Enforce),
+                    ("monitor", ServiceMode::Monitor),
+                ],
             )
             .unwrap_or_default();
 
@@ -330,7 +345,10 @@ impl Walker {
         match table.get("allow") {
             None => {}
             Some(item) => match item.as_array() {
-                None => self.problem(item.span(), format!("`allow` {context} must be a list of CIDRs")),
+                None => self.problem(
+                    item.span(),
+                    format!("`allow` {context} must be a list of CIDRs"),
+                ),
                 Some(array) => {
                     for value in array.iter() {
                         if let Some(entry) = self.allow_entry(value) {
@@ -396,7 +414,10 @@ impl Walker {
                         let span = table.key(key).and_then(|k| k.span());
                         self.problem(
                             span,
-                            format!("unknown key `{key}` in an allow entry; known keys are {}", ENTRY_KEYS.join(", ")),
+                            format!(
+                                "unknown key `{key}` in an allow entry; known keys are {}",
+                                ENTRY_KEYS.join(", ")
+                            ),
                         );
                     }
                 }
@@ -421,7 +442,10 @@ impl Walker {
                 (cidr, note, cidr_value.span())
             }
             _ => {
-                self.problem(value.span(), "allow entries are CIDR strings like \"203.0.113.0/24\"");
+                self.problem(
+                    value.span(),
+                    "allow entries are CIDR strings like \"203.0.113.0/24\"",
+                );
                 return None;
             }
         };

@@ -108,9 +108,7 @@ pub fn parse_port_spec(text: &str) -> Result<PortRange, String> {
 fn parse_port(text: &str, whole: &str) -> Result<u16, String> {
     match text.trim().parse::<u32>() {
         Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
-        Ok(port) => Err(format!(
-            "port {port} in `{whole}` is outside 1-65535"
-        )),
+        Ok(port) => Err(format!("port {port} in `{whole}` is outside 1-65535")),
         Err(_) => Err(format!(
             "`{text}` in `{whole}` is not a port number; ports are 1-65535"
         )),

@@ -1,0 +1,160 @@
+use std::fs;
+
+use super::*;
+
+const ORIGINAL: &str = r#"# Production allowlist. Ask #netops before editing.
+interfaces = ["eth0"]
+
+[services.admin]
+# Admin panel and SSH.
+ports = ["tcp/8443", "tcp/22"]
+allow = [
+    "203.0.113.0/24",    # office
+    "2001:db8:100::/48", # VPN egress
+]
+
+[services.api]
+ports = ["tcp/443"]
+allow = ["198.51.100.0/24"] # integration servers
+"#;
+
+fn file_with(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    fs::write(&path, text).expect("write");
+    (dir, path)
+}
+
+#[test]
+fn add_keeps_comments_and_layout() {
+    let (_dir, path) = file_with(ORIGINAL);
+    let outcome = allow_add(&path, "admin", "198.51.100.7/32", Some("alice laptop")).expect("add");
+    assert_eq!(outcome, EditOutcome::Changed);
+
+    let text = fs::read_to_string(&path).expect("read");
+    assert!(
+        text.starts_with("# Production allowlist. Ask #netops before editing.\n"),
+        "{text}"
+    );
+    assert!(text.contains("# Admin panel and SSH.\n"), "{text}");
+    assert!(
+        text.contains("    \"203.0.113.0/24\",    # office\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    \"2001:db8:100::/48\", # VPN egress\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    { cidr = \"198.51.100.7/32\", note = \"alice laptop\" }"),
+        "{text}"
+    );
+    assert!(
+        text.contains("allow = [\"198.51.100.0/24\"] # integration servers\n"),
+        "{text}"
+    );
+
+    let config = config::parse_str(&text, &path).expect("still valid").config;
+    let admin = &config.services["admin"];
+    assert_eq!(admin.allow.len(), 3);
+    assert_eq!(admin.allow[2].note.as_deref(), Some("alice laptop"));
+}
+
+#[test]
+fn add_to_a_one_line_list_stays_on_one_line() {
+    let (_dir, path) = file_with(ORIGINAL);
+    allow_add(&path, "api", "203.0.113.64/26", None).expect("add");
+    let text = fs::read_to_string(&path).expect("read");
+    assert!(
+        text.contains("allow = [\"198.51.100.0/24\", \"203.0.113.64/26\"] # integration servers\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn remove_keeps_the_rest() {
+    let (_dir, path) = file_with(ORIGINAL);
+    allow_remove(&path, "admin", "2001:db8:100::/48").expect("remove");
+    let text = fs::read_to_string(&path).expect("read");
+    assert!(!text.contains("2001:db8:100::/48"), "{text}");
+    assert!(text.contains("\"203.0.113.0/24\",    # office"), "{text}");
+    assert!(text.contains("# Production allowlist."), "{text}");
+}
+
+#[test]
+fn adding_what_is_there_changes_nothing() {
+    let (_dir, path) = file_with(ORIGINAL);
+    let before = fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let outcome = allow_add(&path, "admin", "203.0.113.0/24", None).expect("add");
+    assert_eq!(outcome, EditOutcome::AlreadyThere);
+    assert_eq!(fs::read_to_string(&path).expect("read"), ORIGINAL);
+    assert_eq!(
+        fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        before
+    );
+}
+
+#[test]
+fn refused_edits_change_nothing() {
+    let (_dir, path) = file_with(ORIGINAL);
+    let cases: [(&str, &str, &str); 4] = [
+        ("admin", "203.0.113.7/24", "host bits set"),
+        ("admin", "not-a-cidr", "is not a CIDR"),
+        (
+            "billing",
+            "198.51.100.0/24",
+            "there is no service `billing`",
+        ),
+        ("admin", "::ffff:198.51.100.1", "IPv4-mapped"),
+    ];
+    for (service, cidr, expected) in cases {
+        let err = allow_add(&path, service, cidr, None).expect_err("refused");
+        assert!(err.to_string().contains(expected), "{cidr}: {err:#}");
+        assert!(
+            err.chain().any(|c| c.is::<UsageError>()),
+            "{cidr} should be a usage error"
+        );
+        assert_eq!(fs::read_to_string(&path).expect("read"), ORIGINAL);
+    }
+
+    let err = allow_remove(&path, "admin", "198.51.100.99/32").expect_err("not there");
+    assert!(
+        err.to_string().contains("is not in the allowlist"),
+        "{err:#}"
+    );
+    assert_eq!(fs::read_to_string(&path).expect("read"), ORIGINAL);
+}
+
+#[test]
+fn an_invalid_file_is_not_edited() {
+    let broken = ORIGINAL.replace("tcp/22", "tcp/0");
+    let (_dir, path) = file_with(&broken);
+    let err = allow_add(&path, "admin", "198.51.100.7/32", None).expect_err("refused");
+    assert!(
+        err.chain().any(|c| c.is::<config::ConfigError>()),
+        "{err:#}"
+    );
+    assert_eq!(fs::read_to_string(&path).expect("read"), broken);
+}
+
+#[test]
+fn the_rename_keeps_permissions_and_leaves_no_temporary_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let (dir, path) = file_with(ORIGINAL);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
+    allow_add(&path, "admin", "198.51.100.7/32", None).expect("add");
+    let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".xdp-allowlist-edit"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -1,2 +1,4 @@
 //! Helpers for the root-only tests: kernel tests through BPF_PROG_TEST_RUN
 //! and end-to-end tests in network namespaces.
+pub mod daemon;
+pub mod netns;

@@ -43,7 +43,11 @@ impl Instance {
         fs::write(&config, config_text).unwrap_or_else(|e| panic!("write config: {e}"));
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xa-e2e-{}-{n}", std::process::id()));
-        Instance { dir, config, pin_dir }
+        Instance {
+            dir,
+            config,
+            pin_dir,
+        }
     }
 
     /// Runs a CLI command against this instance's file and pin directory.
@@ -61,8 +65,13 @@ impl Instance {
     /// `status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json is not JSON: {e}"))
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON: {e}"))
     }
 }
 
@@ -99,7 +108,11 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
-        let daemon = Daemon { instance, child, log };
+        let daemon = Daemon {
+            instance,
+            child,
+            log,
+        };
         daemon.wait_for_log("filter attached", Duration::from_secs(30));
         daemon
     }
@@ -117,12 +130,18 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!("the daemon did not log `{needle}` within {limit:?}; log:\n{}", self.log_text());
+        panic!(
+            "the daemon did not log `{needle}` within {limit:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Counts log lines containing `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
-        self.log_text().lines().filter(|l| l.contains(needle)).count()
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn pid(&self) -> u32 {

@@ -24,7 +24,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `command`, panicking with its output when it fails.
 pub fn sh(command: &mut Command) {
-    let out = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
         out.status.success(),
         "{command:?} failed: {}{}",
@@ -56,7 +58,16 @@ impl Pair {
         for ns in [&pair.server, &pair.client] {
             sh(Command::new("ip").args(["netns", "add", ns]));
         }
-        sh(Command::new("ip").args(["link", "add", &pair.server_if, "type", "veth", "peer", "name", &pair.client_if]));
+        sh(Command::new("ip").args([
+            "link",
+            "add",
+            &pair.server_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.client_if,
+        ]));
         sh(Command::new("ip").args(["link", "set", &pair.server_if, "netns", &pair.server]));
         sh(Command::new("ip").args(["link", "set", &pair.client_if, "netns", &pair.client]));
         let mut client_addrs = vec![CLIENT_V4, CLIENT_V6];
@@ -66,8 +77,13 @@ impl Pair {
             (&pair.client, &pair.client_if, client_addrs),
         ] {
             for addr in addrs {
-                let cidr = if addr.contains(':') { format!("{addr}/64") } else { format!("{addr}/24") };
-                sh(Command::new("ip").args(["-n", ns, "addr", "add", &cidr, "dev", ifname, "nodad"]));
+                let cidr = if addr.contains(':') {
+                    format!("{addr}/64")
+                } else {
+                    format!("{addr}/24")
+                };
+                sh(Command::new("ip")
+                    .args(["-n", ns, "addr", "add", &cidr, "dev", ifname, "nodad"]));
             }
             sh(Command::new("ip").args(["-n", ns, "link", "set", ifname, "up"]));
             sh(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
@@ -94,14 +110,21 @@ impl Pair {
     pub fn serve_tcp(&self, port: u16) {
         for any in ["0.0.0.0", "::"] {
             let listener = Self::run_in(&self.server, move || {
-                let addr: SocketAddr = SocketAddr::new(any.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
-                let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
-                    .unwrap_or_else(|e| panic!("socket: {e}"));
+                let addr: SocketAddr =
+                    SocketAddr::new(any.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    None,
+                )
+                .unwrap_or_else(|e| panic!("socket: {e}"));
                 if addr.is_ipv6() {
                     let _ = socket.set_only_v6(true);
                 }
                 let _ = socket.set_reuse_address(true);
-                socket.bind(&addr.into()).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                socket
+                    .bind(&addr.into())
+                    .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
                 socket.listen(64).unwrap_or_else(|e| panic!("listen: {e}"));
                 TcpListener::from(socket)
             });
@@ -117,9 +140,16 @@ impl Pair {
     /// `server:port`; true when the server answered within `timeout`.
     pub fn tcp_connects(&self, source: &str, server: &str, port: u16, timeout: Duration) -> bool {
         let source: IpAddr = source.parse().unwrap_or_else(|e| panic!("{source}: {e}"));
-        let target = SocketAddr::new(server.parse().unwrap_or_else(|e| panic!("{server}: {e}")), port);
+        let target = SocketAddr::new(
+            server.parse().unwrap_or_else(|e| panic!("{server}: {e}")),
+            port,
+        );
         Self::run_in(&self.client, move || {
-            let socket = match socket2::Socket::new(socket2::Domain::for_address(target), socket2::Type::STREAM, None) {
+            let socket = match socket2::Socket::new(
+                socket2::Domain::for_address(target),
+                socket2::Type::STREAM,
+                None,
+            ) {
                 Ok(s) => s,
                 Err(e) => panic!("socket: {e}"),
             };
@@ -138,7 +168,14 @@ impl Pair {
 
     /// Retries [`Pair::tcp_connects`] until it returns `want` or `limit`
     /// passes; returns how long that took, or `None`.
-    pub fn tcp_until(&self, want: bool, source: &str, server: &str, port: u16, limit: Duration) -> Option<Duration> {
+    pub fn tcp_until(
+        &self,
+        want: bool,
+        source: &str,
+        server: &str,
+        port: u16,
+        limit: Duration,
+    ) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < limit {
             if self.tcp_connects(source, server, port, Duration::from_millis(250)) == want {
@@ -152,7 +189,10 @@ impl Pair {
     /// Sends `count` UDP datagrams from `source` to `server:port` and
     /// returns how many a socket bound there received.
     pub fn udp_received(&self, source: &str, server: &str, port: u16, count: usize) -> usize {
-        let bind: SocketAddr = SocketAddr::new(server.parse().unwrap_or_else(|e| panic!("{server}: {e}")), port);
+        let bind: SocketAddr = SocketAddr::new(
+            server.parse().unwrap_or_else(|e| panic!("{server}: {e}")),
+            port,
+        );
         let receiver = Self::run_in(&self.server, move || {
             let socket = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
             let _ = socket.set_read_timeout(Some(Duration::from_millis(300)));
@@ -160,7 +200,8 @@ impl Pair {
         });
         let source: IpAddr = source.parse().unwrap_or_else(|e| panic!("{source}: {e}"));
         Self::run_in(&self.client, move || {
-            let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap_or_else(|e| panic!("bind {source}: {e}"));
+            let socket = UdpSocket::bind(SocketAddr::new(source, 0))
+                .unwrap_or_else(|e| panic!("bind {source}: {e}"));
             for i in 0..count {
                 let _ = socket.send_to(format!("datagram {i}").as_bytes(), bind);
                 thread::sleep(Duration::from_millis(2));

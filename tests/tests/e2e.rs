@@ -39,12 +39,25 @@ fn edit_cycle(pair: &Pair, daemon: &Daemon, client: &str, server: &str, cidr: &s
         "an unprotected port on the same host must answer"
     );
 
-    assert_success(&daemon.instance.cli(&["allow", "add", "admin", cidr, "--note", "e2e"]), "allow add");
+    assert_success(
+        &daemon
+            .instance
+            .cli(&["allow", "add", "admin", cidr, "--note", "e2e"]),
+        "allow add",
+    );
     let took = pair.tcp_until(true, client, server, 8443, Duration::from_secs(3));
-    let took = took.unwrap_or_else(|| panic!("{client} still refused after allow add; log:\n{}", daemon.log_text()));
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "{client} still refused after allow add; log:\n{}",
+            daemon.log_text()
+        )
+    });
     assert!(took <= RELOAD_LIMIT, "allow add took {took:?} to apply");
 
-    assert_success(&daemon.instance.cli(&["allow", "remove", "admin", cidr]), "allow remove");
+    assert_success(
+        &daemon.instance.cli(&["allow", "remove", "admin", cidr]),
+        "allow remove",
+    );
     let took = pair.tcp_until(false, client, server, 8443, Duration::from_secs(3));
     let took = took.unwrap_or_else(|| panic!("{client} still allowed after allow remove"));
     assert!(took <= RELOAD_LIMIT, "allow remove took {took:?} to apply");
@@ -61,7 +74,13 @@ fn tcp_over_ipv4_refused_allowed_refused_without_restart() {
     pair.serve_tcp(8443);
     pair.serve_tcp(8080);
     let daemon = Daemon::start(&pair, ADMIN_ONLY);
-    edit_cycle(&pair, &daemon, CLIENT_V4, SERVER_V4, &format!("{CLIENT_V4}/32"));
+    edit_cycle(
+        &pair,
+        &daemon,
+        CLIENT_V4,
+        SERVER_V4,
+        &format!("{CLIENT_V4}/32"),
+    );
 }
 
 #[test]
@@ -85,7 +104,10 @@ fn an_allowed_source_connects_and_is_counted() {
     assert!(!pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT));
     let status = daemon.instance.status();
     let admin = &status["services"]["admin"];
-    assert!(admin["passed"].as_u64().unwrap_or(0) >= 3, "handshake packets counted as passed: {status}");
+    assert!(
+        admin["passed"].as_u64().unwrap_or(0) >= 3,
+        "handshake packets counted as passed: {status}"
+    );
     assert!(admin["dropped"].as_u64().unwrap_or(0) >= 1, "{status}");
 }
 
@@ -97,22 +119,43 @@ fn udp_to_a_protected_port_is_dropped_and_counted() {
         "[services.dns]\nports = [\"udp/5353\"]\nallow = [\"203.0.113.0/24\"]\n",
     );
     let protected = pair.udp_received(CLIENT_V4, SERVER_V4, 5353, 20);
-    assert_eq!(protected, 0, "UDP from a refused source reached a protected port");
+    assert_eq!(
+        protected, 0,
+        "UDP from a refused source reached a protected port"
+    );
     let unprotected = pair.udp_received(CLIENT_V4, SERVER_V4, 5354, 20);
-    assert!(unprotected >= 15, "UDP to an unprotected port must pass ({unprotected} of 20)");
+    assert!(
+        unprotected >= 15,
+        "UDP to an unprotected port must pass ({unprotected} of 20)"
+    );
     let protected_v6 = pair.udp_received(CLIENT_V6, SERVER_V6, 5353, 10);
-    assert_eq!(protected_v6, 0, "UDP over IPv6 from a refused source reached a protected port");
+    assert_eq!(
+        protected_v6, 0,
+        "UDP over IPv6 from a refused source reached a protected port"
+    );
 
     let status = daemon.instance.status();
     let dns = &status["services"]["dns"];
-    assert!(dns["dropped"].as_u64().unwrap_or(0) >= 30, "status --json must show the drops: {status}");
+    assert!(
+        dns["dropped"].as_u64().unwrap_or(0) >= 30,
+        "status --json must show the drops: {status}"
+    );
     assert_eq!(dns["mode"], "enforce");
     let attachment = &status["attachments"][0];
     assert_eq!(attachment["interface"], pair.server_if.as_str());
-    assert_eq!(attachment["mode"], "native", "veth supports native XDP: {status}");
-    assert!(status["events"]["sent"].as_u64().unwrap_or(0) >= 1, "a drop event was sent: {status}");
+    assert_eq!(
+        attachment["mode"], "native",
+        "veth supports native XDP: {status}"
+    );
+    assert!(
+        status["events"]["sent"].as_u64().unwrap_or(0) >= 1,
+        "a drop event was sent: {status}"
+    );
     daemon.wait_for_log("dropped", Duration::from_secs(3));
-    assert!(daemon.log_text().contains("src=198.51.100.2"), "the drop event names the source");
+    assert!(
+        daemon.log_text().contains("src=198.51.100.2"),
+        "the drop event names the source"
+    );
 }
 
 #[test]
@@ -129,7 +172,10 @@ fn a_bad_edit_is_refused_and_the_last_good_allowlist_stays() {
     let broken = good.replace("198.51.100.0/24", "198.51.100.9/24");
     fs::write(&daemon.instance.config, broken).unwrap_or_else(|e| panic!("write: {e}"));
     daemon.wait_for_log("configuration refused", Duration::from_secs(3));
-    assert!(daemon.log_text().contains("host bits set"), "the log says why");
+    assert!(
+        daemon.log_text().contains("host bits set"),
+        "the log says why"
+    );
     assert!(
         pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT),
         "the last good allowlist must stay in force"
@@ -138,7 +184,10 @@ fn a_bad_edit_is_refused_and_the_last_good_allowlist_stays() {
 
     let check = daemon.instance.cli(&["check"]);
     assert_eq!(check.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&check.stderr).contains(":4:"), "check names the line");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(":4:"),
+        "check names the line"
+    );
 }
 
 #[test]
@@ -149,22 +198,35 @@ fn sighup_reloads_and_sigterm_leaves_the_filter_enforcing() {
 
     // An edit the watcher might miss is still applied on SIGHUP.
     let text = fs::read_to_string(&daemon.instance.config).unwrap_or_default();
-    fs::write(&daemon.instance.config, text.replace("\"203.0.113.0/24\"", "\"198.51.100.0/24\""))
-        .unwrap_or_else(|e| panic!("write: {e}"));
+    fs::write(
+        &daemon.instance.config,
+        text.replace("\"203.0.113.0/24\"", "\"198.51.100.0/24\""),
+    )
+    .unwrap_or_else(|e| panic!("write: {e}"));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.pid() as i32),
         nix::sys::signal::Signal::SIGHUP,
     );
-    assert!(pair.tcp_until(true, CLIENT_V4, SERVER_V4, 8443, Duration::from_secs(3)).is_some());
+    assert!(pair
+        .tcp_until(true, CLIENT_V4, SERVER_V4, 8443, Duration::from_secs(3))
+        .is_some());
 
     let status = daemon.stop();
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "clean shutdown; log:\n{}", daemon.log_text());
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "clean shutdown; log:\n{}",
+        daemon.log_text()
+    );
     assert!(daemon.log_text().contains("the filter stays attached"));
     // With no daemon, the pinned filter still enforces the last generation.
     assert!(pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT));
     assert!(!pair.tcp_connects("2001:db8:1::2", SERVER_V6, 8443, SHORT));
     let status = daemon.instance.status();
-    assert_eq!(status["attachments"][0]["interface"], pair.server_if.as_str());
+    assert_eq!(
+        status["attachments"][0]["interface"],
+        pair.server_if.as_str()
+    );
 }
 
 #[test]
@@ -172,8 +234,15 @@ fn a_second_daemon_for_the_same_pin_dir_is_refused() {
     let pair = Pair::new(&[]);
     let daemon = Daemon::start(&pair, ADMIN_ONLY);
     let out = daemon.instance.cli(&["run"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another xdp-allowlist daemon already runs"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another xdp-allowlist daemon already runs")
+    );
 }
 
 #[test]
@@ -185,7 +254,10 @@ fn detach_removes_the_filter() {
     assert!(!pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT));
     let out = daemon.instance.cli(&["detach"]);
     assert_success(&out, "detach");
-    assert!(pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT), "after detach nothing filters");
+    assert!(
+        pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT),
+        "after detach nothing filters"
+    );
     assert!(!daemon.instance.pin_dir.exists());
 }
 
@@ -200,9 +272,17 @@ fn bad_input_exits_2_and_changes_nothing() {
         &["allow", "add", "admin", "fe80::1%eth0"][..],
     ] {
         let out = instance.cli(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.stderr.is_empty(), "{args:?} must say what was wrong");
-        assert_eq!(fs::read_to_string(&instance.config).unwrap_or_default(), before);
+        assert_eq!(
+            fs::read_to_string(&instance.config).unwrap_or_default(),
+            before
+        );
     }
     let out = instance.cli(&["allow", "list", "--json"]);
     assert_success(&out, "allow list");

@@ -220,6 +220,86 @@ impl Pair {
     }
 }
 
+/// A bounded UDP stream running in the background; see [`Pair::udp_stream`].
+pub struct Stream {
+    sender: thread::JoinHandle<usize>,
+    receiver: thread::JoinHandle<usize>,
+}
+
+impl Stream {
+    /// Waits for the stream to end; returns (sent, received).
+    pub fn finish(self) -> (usize, usize) {
+        let sent = self
+            .sender
+            .join()
+            .unwrap_or_else(|_| panic!("sender panicked"));
+        let received = self
+            .receiver
+            .join()
+            .unwrap_or_else(|_| panic!("receiver panicked"));
+        (sent, received)
+    }
+}
+
+impl Pair {
+    /// Starts sending `count` datagrams, one every `gap`, from `source` to
+    /// `server:port`, counting what a socket there receives. Bounded in
+    /// count and in time (the receiver gives up two seconds after the last).
+    pub fn udp_stream(
+        &self,
+        source: &str,
+        server: &str,
+        port: u16,
+        count: usize,
+        gap: Duration,
+    ) -> Stream {
+        let target = SocketAddr::new(
+            server.parse().unwrap_or_else(|e| panic!("{server}: {e}")),
+            port,
+        );
+        let socket = Self::run_in(&self.server, move || {
+            let socket = UdpSocket::bind(target).unwrap_or_else(|e| panic!("bind {target}: {e}"));
+            let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+            socket
+        });
+        let limit = gap * count as u32 + Duration::from_secs(2);
+        let receiver = thread::spawn(move || {
+            let mut received = 0;
+            let mut buf = [0u8; 64];
+            let started = Instant::now();
+            let mut last = Instant::now();
+            while received < count
+                && started.elapsed() < limit
+                && last.elapsed() < Duration::from_secs(2)
+            {
+                if socket.recv(&mut buf).is_ok() {
+                    received += 1;
+                    last = Instant::now();
+                }
+            }
+            received
+        });
+        let source: IpAddr = source.parse().unwrap_or_else(|e| panic!("{source}: {e}"));
+        let path = format!("/var/run/netns/{}", self.client);
+        let sender = thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("cannot enter {path}: {e}"));
+            let socket = UdpSocket::bind(SocketAddr::new(source, 0))
+                .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+            let mut sent = 0;
+            for i in 0..count {
+                if socket.send_to(format!("{i}").as_bytes(), target).is_ok() {
+                    sent += 1;
+                }
+                thread::sleep(gap);
+            }
+            sent
+        });
+        Stream { sender, receiver }
+    }
+}
+
 impl Drop for Pair {
     fn drop(&mut self) {
         for ns in [&self.server, &self.client] {

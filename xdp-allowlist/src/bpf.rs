@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! PIN_DIR/maps/NAME           every map, by the names in xdp-allowlist-common
-//! PIN_DIR/links/IFACE:MODE    one XDP link per interface (MODE: native or skb)
+//! PIN_DIR/links/IFACE:MODE:INDEX  one XDP link per interface (MODE: native
+//!                                  or skb; INDEX: the interface's index then)
 //! ```
 //!
 //! bpffs refuses names with a dot, which interface names may hold (`eth0.100`),
@@ -235,6 +236,9 @@ pub struct Attachment {
     pub interface: String,
     /// `native` (driver) or `skb` (generic).
     pub mode: String,
+    /// Index of the interface when the filter was attached; an interface
+    /// deleted and created again has another and no filter.
+    pub ifindex: u32,
     pub pin: PathBuf,
 }
 
@@ -246,10 +250,12 @@ pub fn attachments(pin_dir: &Path) -> Vec<Attachment> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((interface, mode)) = name.rsplit_once(':') {
+        let mut parts = name.split(':');
+        if let (Some(interface), Some(mode), Some(index)) = (parts.next(), parts.next(), parts.next()) {
             found.push(Attachment {
                 interface: decode_ifname(interface),
                 mode: mode.to_owned(),
+                ifindex: index.parse().unwrap_or(0),
                 pin: entry.path(),
             });
         }
@@ -276,7 +282,7 @@ pub fn attach(
     {
         // A link pinned by an earlier daemon: verify it is still alive, then
         // keep it. Re-attaching would open a gap.
-        if PinnedLink::from_pin(&existing.pin).is_ok() && interface_exists(interface) {
+        if PinnedLink::from_pin(&existing.pin).is_ok() && ifindex(interface) == Some(existing.ifindex) {
             return Ok(existing);
         }
         let _ = fs::remove_file(&existing.pin);
@@ -298,14 +304,18 @@ pub fn attach(
                 let fd_link: FdLink = link
                     .try_into()
                     .map_err(|e| anyhow!("the kernel attached {interface} without a BPF link, which cannot be pinned: {e}"))?;
-                let pin =
-                    links_dir(pin_dir).join(format!("{}:{mode_name}", encode_ifname(interface)));
+                let index = ifindex(interface).unwrap_or(0);
+                let pin = links_dir(pin_dir).join(format!(
+                    "{}:{mode_name}:{index}",
+                    encode_ifname(interface)
+                ));
                 fd_link
                     .pin(&pin)
                     .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
                 return Ok(Attachment {
                     interface: interface.to_owned(),
                     mode: mode_name.to_owned(),
+                    ifindex: index,
                     pin,
                 });
             }
@@ -330,7 +340,12 @@ fn decode_ifname(name: &str) -> String {
 }
 
 pub fn interface_exists(interface: &str) -> bool {
-    nix::net::if_::if_nametoindex(interface).is_ok()
+    ifindex(interface).is_some()
+}
+
+/// The interface's index in this network namespace, if it exists.
+pub fn ifindex(interface: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(interface).ok()
 }
 
 /// Removes the pinned link of `interface`, which detaches the program there.

@@ -94,14 +94,26 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         "allowlist applied"
     );
 
+    let mut watched = Vec::new();
     for interface in &interfaces {
+        let kept = bpf::attachments(&options.pin_dir)
+            .iter()
+            .any(|a| a.interface == *interface && Some(a.ifindex) == bpf::ifindex(interface));
         let attachment = bpf::attach(
             &mut loaded.program,
             &options.pin_dir,
             interface,
             config.xdp_mode,
         )?;
-        tracing::info!(interface = %attachment.interface, mode = %attachment.mode, "filter attached");
+        if kept {
+            tracing::info!(interface = %attachment.interface, mode = %attachment.mode, adopted = true, "filter attached (the pinned link was kept: no gap)");
+        } else {
+            tracing::info!(interface = %attachment.interface, mode = %attachment.mode, "filter attached");
+        }
+        watched.push(WatchedInterface {
+            name: interface.clone(),
+            ifindex: bpf::ifindex(interface),
+        });
     }
 
     let logger = if options.kernel_log {
@@ -112,8 +124,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     } else {
         None
     };
-    // The links hold the program now; the loader object is not needed.
-    drop(loaded);
+    // The links hold the program; the loader object stays for re-attaching
+    // to an interface that is deleted and created again.
+    let mut program = loaded.program;
 
     let names = Arc::new(Mutex::new(invert(applier.ids())));
     let events = bpf::open_events(&options.pin_dir)?;
@@ -144,6 +157,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping; the filter stays attached and enforcing"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping; the filter stays attached and enforcing"); break; }
         };
+        if trigger == "poll" {
+            for interface in &mut watched {
+                reattach_if_recreated(&mut program, &options.pin_dir, interface, current.xdp_mode);
+            }
+        }
         let text = match fs::read_to_string(&options.config_path) {
             Ok(text) => text,
             Err(err) => {
@@ -179,6 +197,46 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         task.abort();
     }
     Ok(())
+}
+
+/// An interface the filter should be on, and the index it had when the
+/// filter was attached.
+struct WatchedInterface {
+    name: String,
+    ifindex: Option<u32>,
+}
+
+/// A deleted interface takes its XDP link with it, and one created again
+/// under the same name has a new index and no filter. Notice both, and
+/// attach again.
+fn reattach_if_recreated(
+    program: &mut aya::Ebpf,
+    pin_dir: &Path,
+    interface: &mut WatchedInterface,
+    mode: crate::config::XdpModeSetting,
+) {
+    let now = bpf::ifindex(&interface.name);
+    if now == interface.ifindex {
+        return;
+    }
+    match now {
+        None => {
+            tracing::warn!(interface = %interface.name, "interface is gone; the filter will be attached again when it returns");
+            interface.ifindex = None;
+        }
+        Some(_) => {
+            let _ = bpf::detach(pin_dir, &interface.name);
+            match bpf::attach(program, pin_dir, &interface.name, mode) {
+                Ok(attachment) => {
+                    tracing::warn!(interface = %attachment.interface, mode = %attachment.mode, "interface came back; filter attached again");
+                    interface.ifindex = now;
+                }
+                Err(err) => {
+                    tracing::error!(interface = %interface.name, "interface came back but attaching failed: {err:#}");
+                }
+            }
+        }
+    }
 }
 
 fn reload(

@@ -251,7 +251,9 @@ pub fn attachments(pin_dir: &Path) -> Vec<Attachment> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let mut parts = name.split(':');
-        if let (Some(interface), Some(mode), Some(index)) = (parts.next(), parts.next(), parts.next()) {
+        if let (Some(interface), Some(mode), Some(index)) =
+            (parts.next(), parts.next(), parts.next())
+        {
             found.push(Attachment {
                 interface: decode_ifname(interface),
                 mode: mode.to_owned(),
@@ -282,7 +284,9 @@ pub fn attach(
     {
         // A link pinned by an earlier daemon: verify it is still alive, then
         // keep it. Re-attaching would open a gap.
-        if PinnedLink::from_pin(&existing.pin).is_ok() && ifindex(interface) == Some(existing.ifindex) {
+        if PinnedLink::from_pin(&existing.pin).is_ok()
+            && ifindex(interface) == Some(existing.ifindex)
+        {
             return Ok(existing);
         }
         let _ = fs::remove_file(&existing.pin);
@@ -305,10 +309,8 @@ pub fn attach(
                     .try_into()
                     .map_err(|e| anyhow!("the kernel attached {interface} without a BPF link, which cannot be pinned: {e}"))?;
                 let index = ifindex(interface).unwrap_or(0);
-                let pin = links_dir(pin_dir).join(format!(
-                    "{}:{mode_name}:{index}",
-                    encode_ifname(interface)
-                ));
+                let pin = links_dir(pin_dir)
+                    .join(format!("{}:{mode_name}:{index}", encode_ifname(interface)));
                 fd_link
                     .pin(&pin)
                     .with_context(|| format!("cannot pin the link at {}", pin.display()))?;

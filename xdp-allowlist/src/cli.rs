@@ -102,11 +102,21 @@ pub enum AllowCommand {
         /// Why this entry exists; kept next to it in the file.
         #[arg(long)]
         note: Option<String>,
+        /// Apply even if this allows a huge range (shorter than /8 or /16).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a CIDR from a service's allowlist.
     ///
     /// Example: xdp-allowlist allow remove admin 198.51.100.7/32
-    Remove { service: String, cidr: String },
+    Remove {
+        service: String,
+        cidr: String,
+        /// Apply even if it locks out the SSH session this runs in, or
+        /// leaves an enforced service with no allowed source.
+        #[arg(long)]
+        force: bool,
+    },
     /// List allowed CIDRs, of one service or all.
     List {
         service: Option<String>,

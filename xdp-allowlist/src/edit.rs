@@ -19,8 +19,48 @@ use toml_edit::{DocumentMut, InlineTable, Item, Value};
 
 use crate::{
     config::{self, parse_cidr},
+    guard::{self, SshSession},
     UsageError,
 };
+
+/// Lock-out protection for an edit: see [`crate::guard`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Guard {
+    /// Apply even when the change introduces a risk.
+    pub force: bool,
+    /// The SSH session the command runs in, if any.
+    pub ssh: Option<SshSession>,
+}
+
+impl Guard {
+    /// Guard for the current process: its SSH session, and `force`.
+    pub fn from_env(force: bool) -> Self {
+        Guard {
+            force,
+            ssh: SshSession::from_env(),
+        }
+    }
+
+    /// Refuses a change that introduces a risk, unless forced.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError`] listing every new risk.
+    pub fn check(&self, before: &config::Config, after: &config::Config) -> anyhow::Result<()> {
+        let risks = guard::new_risks(Some(before), after, self.ssh);
+        if risks.is_empty() || self.force {
+            for risk in &risks {
+                tracing::warn!("forced: {risk}");
+            }
+            return Ok(());
+        }
+        Err(UsageError(format!(
+            "refused, nothing was changed:\n  {}\nadd --force to do it anyway",
+            risks.join("\n  ")
+        ))
+        .into())
+    }
+}
 
 /// What an edit did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,9 +81,10 @@ pub fn allow_add(
     service: &str,
     cidr: &str,
     note: Option<&str>,
+    guard: Guard,
 ) -> anyhow::Result<EditOutcome> {
     let net = parse_cidr(cidr).map_err(|e| UsageError(e.to_string()))?;
-    edit(path, |doc| {
+    edit(path, guard, |doc| {
         let array = allow_array(doc, service, true)?;
         if find(array, net).is_some() {
             return Ok(EditOutcome::AlreadyThere);
@@ -67,9 +108,14 @@ pub fn allow_add(
 /// # Errors
 ///
 /// [`UsageError`] when the service or the entry does not exist.
-pub fn allow_remove(path: &Path, service: &str, cidr: &str) -> anyhow::Result<EditOutcome> {
+pub fn allow_remove(
+    path: &Path,
+    service: &str,
+    cidr: &str,
+    guard: Guard,
+) -> anyhow::Result<EditOutcome> {
     let net = parse_cidr(cidr).map_err(|e| UsageError(e.to_string()))?;
-    edit(path, |doc| {
+    edit(path, guard, |doc| {
         let array = allow_array(doc, service, false)?;
         let Some(index) = find(array, net) else {
             return Err(UsageError(format!(
@@ -208,6 +254,7 @@ fn lock_path(path: &Path) -> PathBuf {
 /// Locks, reads, edits, validates and atomically replaces the file.
 fn edit(
     path: &Path,
+    guard: Guard,
     change: impl FnOnce(&mut DocumentMut) -> anyhow::Result<EditOutcome>,
 ) -> anyhow::Result<EditOutcome> {
     let lock = fs::OpenOptions::new()
@@ -227,7 +274,7 @@ fn edit(
     })?;
     // The file must be valid before the edit too: an edit never hides
     // problems that were already there.
-    config::parse_str(&text, path)?;
+    let before = config::parse_str(&text, path)?.config;
     let mut doc: DocumentMut = text
         .parse()
         .map_err(|e| UsageError(format!("{} is not valid TOML: {e}", path.display())))?;
@@ -237,7 +284,8 @@ fn edit(
         return Ok(outcome);
     }
     let new_text = doc.to_string();
-    config::parse_str(&new_text, path)?;
+    let after = config::parse_str(&new_text, path)?.config;
+    guard.check(&before, &after)?;
     write_atomically(path, &new_text)?;
     Ok(outcome)
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod edit;
+pub mod guard;
 pub mod policy;
 pub mod reference;
 pub mod status;

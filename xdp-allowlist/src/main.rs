@@ -62,6 +62,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     warning.message
                 );
             }
+            for risk in xdp_allowlist::guard::risks(
+                &loaded.config,
+                xdp_allowlist::guard::SshSession::from_env(),
+            ) {
+                eprintln!("warning: {}: {risk}", config_path.display());
+            }
+            for shadowed in xdp_allowlist::guard::shadowed(&loaded.config) {
+                eprintln!("warning: {}: {shadowed}", config_path.display());
+            }
             let cidrs: usize = loaded.config.services.values().map(|s| s.allow.len()).sum();
             println!(
                 "{}: valid ({} services, {} allowed CIDRs)",
@@ -75,8 +84,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             service,
             cidr,
             note,
+            force,
         }) => {
-            match edit::allow_add(&config_path, &service, &cidr, note.as_deref())? {
+            let guard = edit::Guard::from_env(force);
+            match edit::allow_add(&config_path, &service, &cidr, note.as_deref(), guard)? {
                 edit::EditOutcome::Changed => println!("added {cidr} to {service}"),
                 edit::EditOutcome::AlreadyThere => {
                     println!("{cidr} is already allowed for {service}; nothing changed")
@@ -84,8 +95,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Allow(AllowCommand::Remove { service, cidr }) => {
-            edit::allow_remove(&config_path, &service, &cidr)?;
+        Command::Allow(AllowCommand::Remove {
+            service,
+            cidr,
+            force,
+        }) => {
+            edit::allow_remove(&config_path, &service, &cidr, edit::Guard::from_env(force))?;
             println!("removed {cidr} from {service}");
             Ok(())
         }

@@ -1,6 +1,7 @@
 use std::fs;
 
 use super::*;
+use crate::guard::SshSession;
 
 const ORIGINAL: &str = r#"# Production allowlist. Ask #netops before editing.
 interfaces = ["eth0"]
@@ -28,7 +29,14 @@ fn file_with(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 #[test]
 fn add_keeps_comments_and_layout() {
     let (_dir, path) = file_with(ORIGINAL);
-    let outcome = allow_add(&path, "admin", "198.51.100.7/32", Some("alice laptop")).expect("add");
+    let outcome = allow_add(
+        &path,
+        "admin",
+        "198.51.100.7/32",
+        Some("alice laptop"),
+        Guard::default(),
+    )
+    .expect("add");
     assert_eq!(outcome, EditOutcome::Changed);
 
     let text = fs::read_to_string(&path).expect("read");
@@ -63,7 +71,7 @@ fn add_keeps_comments_and_layout() {
 #[test]
 fn add_to_a_one_line_list_stays_on_one_line() {
     let (_dir, path) = file_with(ORIGINAL);
-    allow_add(&path, "api", "203.0.113.64/26", None).expect("add");
+    allow_add(&path, "api", "203.0.113.64/26", None, Guard::default()).expect("add");
     let text = fs::read_to_string(&path).expect("read");
     assert!(
         text.contains("allow = [\"198.51.100.0/24\", \"203.0.113.64/26\"] # integration servers\n"),
@@ -74,7 +82,7 @@ fn add_to_a_one_line_list_stays_on_one_line() {
 #[test]
 fn remove_keeps_the_rest() {
     let (_dir, path) = file_with(ORIGINAL);
-    allow_remove(&path, "admin", "2001:db8:100::/48").expect("remove");
+    allow_remove(&path, "admin", "2001:db8:100::/48", Guard::default()).expect("remove");
     let text = fs::read_to_string(&path).expect("read");
     assert!(!text.contains("2001:db8:100::/48"), "{text}");
     assert!(text.contains("\"203.0.113.0/24\",    # office"), "{text}");
@@ -87,7 +95,7 @@ fn adding_what_is_there_changes_nothing() {
     let before = fs::metadata(&path)
         .and_then(|m| m.modified())
         .expect("mtime");
-    let outcome = allow_add(&path, "admin", "203.0.113.0/24", None).expect("add");
+    let outcome = allow_add(&path, "admin", "203.0.113.0/24", None, Guard::default()).expect("add");
     assert_eq!(outcome, EditOutcome::AlreadyThere);
     assert_eq!(fs::read_to_string(&path).expect("read"), ORIGINAL);
     assert_eq!(
@@ -112,7 +120,7 @@ fn refused_edits_change_nothing() {
         ("admin", "::ffff:198.51.100.1", "IPv4-mapped"),
     ];
     for (service, cidr, expected) in cases {
-        let err = allow_add(&path, service, cidr, None).expect_err("refused");
+        let err = allow_add(&path, service, cidr, None, Guard::default()).expect_err("refused");
         assert!(err.to_string().contains(expected), "{cidr}: {err:#}");
         assert!(
             err.chain().any(|c| c.is::<UsageError>()),
@@ -121,7 +129,8 @@ fn refused_edits_change_nothing() {
         assert_eq!(fs::read_to_string(&path).expect("read"), ORIGINAL);
     }
 
-    let err = allow_remove(&path, "admin", "198.51.100.99/32").expect_err("not there");
+    let err =
+        allow_remove(&path, "admin", "198.51.100.99/32", Guard::default()).expect_err("not there");
     assert!(
         err.to_string().contains("is not in the allowlist"),
         "{err:#}"
@@ -133,7 +142,8 @@ fn refused_edits_change_nothing() {
 fn an_invalid_file_is_not_edited() {
     let broken = ORIGINAL.replace("tcp/22", "tcp/0");
     let (_dir, path) = file_with(&broken);
-    let err = allow_add(&path, "admin", "198.51.100.7/32", None).expect_err("refused");
+    let err =
+        allow_add(&path, "admin", "198.51.100.7/32", None, Guard::default()).expect_err("refused");
     assert!(
         err.chain().any(|c| c.is::<config::ConfigError>()),
         "{err:#}"
@@ -147,7 +157,7 @@ fn the_rename_keeps_permissions_and_leaves_no_temporary_file() {
 
     let (dir, path) = file_with(ORIGINAL);
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
-    allow_add(&path, "admin", "198.51.100.7/32", None).expect("add");
+    allow_add(&path, "admin", "198.51.100.7/32", None, Guard::default()).expect("add");
     let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
     let leftovers: Vec<_> = fs::read_dir(dir.path())
@@ -157,4 +167,43 @@ fn the_rename_keeps_permissions_and_leaves_no_temporary_file() {
         .filter(|name| name.starts_with(".xdp-allowlist-edit"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn an_edit_that_would_lock_out_the_ssh_caller_is_refused_unless_forced() {
+    let text =
+        "[services.ssh]\nports = [\"tcp/22\"]\nallow = [\"203.0.113.0/24\", \"198.51.100.0/24\"]\n";
+    let (_dir, path) = file_with(text);
+    let guard = Guard {
+        force: false,
+        ssh: Some(SshSession {
+            client: "203.0.113.50".parse().expect("ip"),
+            server_port: 22,
+        }),
+    };
+    let err = allow_remove(&path, "ssh", "203.0.113.0/24", guard).expect_err("refused");
+    assert!(err.to_string().contains("lock yourself out"), "{err:#}");
+    assert!(err.chain().any(|c| c.is::<UsageError>()));
+    assert_eq!(fs::read_to_string(&path).expect("read"), text);
+
+    // Removing someone else's range is fine, and --force overrides.
+    allow_remove(&path, "ssh", "198.51.100.0/24", guard).expect("not the caller's range");
+    let forced = Guard {
+        force: true,
+        ..guard
+    };
+    allow_remove(&path, "ssh", "203.0.113.0/24", forced).expect("forced");
+}
+
+#[test]
+fn adding_everything_needs_force() {
+    let (_dir, path) = file_with(ORIGINAL);
+    let err = allow_add(&path, "api", "0.0.0.0/0", None, Guard::default()).expect_err("refused");
+    assert!(err.to_string().contains("allows every address"), "{err:#}");
+    assert_eq!(fs::read_to_string(&path).expect("read"), ORIGINAL);
+    let forced = Guard {
+        force: true,
+        ssh: None,
+    };
+    allow_add(&path, "api", "0.0.0.0/0", None, forced).expect("forced");
 }

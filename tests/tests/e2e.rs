@@ -289,3 +289,249 @@ fn bad_input_exits_2_and_changes_nothing() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(list["admin"]["allow"][0]["cidr"], "203.0.113.0/24");
 }
+
+#[test]
+fn explain_agrees_with_the_kernel_and_the_wire() {
+    let pair = Pair::new(&["198.51.100.77"]);
+    pair.serve_tcp(8443);
+    let daemon = Daemon::start(
+        &pair,
+        "[services.admin]\nports = [\"tcp/8443\"]\nallow = [\"198.51.100.64/26\", { cidr = \"198.51.100.77/32\", note = \"bastion\" }, \"2001:db8:1::/64\"]\n\
+         [services.hooks]\nports = [\"udp/9000\"]\nmode = \"monitor\"\nallow = []\n",
+    );
+    let cases = [
+        ("198.51.100.77", "tcp/8443", "pass"),
+        ("198.51.100.70", "tcp/8443", "pass"),
+        ("198.51.100.2", "tcp/8443", "drop"),
+        ("2001:db8:1::2", "tcp/8443", "pass"),
+        ("2001:db8:2::2", "tcp/8443", "drop"),
+        ("::ffff:198.51.100.77", "tcp/8443", "drop"),
+        ("198.51.100.2", "udp/8443", "unprotected"),
+        ("198.51.100.2", "udp/9000", "would_drop"),
+    ];
+    for (address, port, expected) in cases {
+        let out = daemon.instance.cli(&["explain", address, port, "--json"]);
+        assert_success(&out, "explain");
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(
+            answer["config"]["verdict"], expected,
+            "{address} {port}: {answer}"
+        );
+        assert_eq!(
+            answer["kernel"]["verdict"], expected,
+            "the kernel disagrees for {address} {port}: {answer}"
+        );
+    }
+    let out = daemon
+        .instance
+        .cli(&["explain", "198.51.100.77", "tcp/8443"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("note: bastion"));
+
+    // And the wire says the same.
+    assert!(pair.tcp_connects("198.51.100.77", SERVER_V4, 8443, SHORT));
+    assert!(!pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT));
+    assert!(pair.tcp_connects(CLIENT_V6, SERVER_V6, 8443, SHORT));
+}
+
+#[test]
+fn an_entry_with_a_ttl_stops_admitting_on_time() {
+    let pair = Pair::new(&[]);
+    pair.serve_tcp(8443);
+    let daemon = Daemon::start(&pair, ADMIN_ONLY);
+    let cidr = format!("{CLIENT_V4}/32");
+    let out = daemon.instance.cli(&[
+        "allow",
+        "add",
+        "admin",
+        &cidr,
+        "--ttl",
+        "3s",
+        "--note",
+        "temporary",
+    ]);
+    assert_success(&out, "allow add --ttl");
+    assert!(
+        pair.tcp_until(true, CLIENT_V4, SERVER_V4, 8443, Duration::from_secs(2))
+            .is_some(),
+        "admitted while the entry lives"
+    );
+    let list = daemon.instance.cli(&["allow", "list", "admin"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("expires "),
+        "allow list shows the expiry"
+    );
+
+    // Expiry is checked on the daemon's 2-second poll.
+    let refused = pair.tcp_until(false, CLIENT_V4, SERVER_V4, 8443, Duration::from_secs(8));
+    assert!(
+        refused.is_some(),
+        "still admitted after the entry expired; log:\n{}",
+        daemon.log_text()
+    );
+    daemon.wait_for_log("allowlist entry expired", Duration::from_secs(1));
+    assert!(daemon.log_text().contains(&format!("cidr={cidr}")));
+}
+
+#[test]
+fn every_change_and_refusal_is_in_the_audit_log() {
+    let pair = Pair::new(&[]);
+    let audit_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let audit = audit_dir.path().join("audit.jsonl");
+    let daemon = Daemon::start(
+        &pair,
+        &format!("audit_log = \"{}\"\n{ADMIN_ONLY}", audit.display()),
+    );
+
+    let out = daemon
+        .instance
+        .cli(&["allow", "add", "admin", "198.51.100.9/32"]);
+    assert_success(&out, "allow add");
+    daemon.wait_for_log("new generation applied", Duration::from_secs(3));
+    let out = daemon.instance.cli(&["allow", "add", "admin", "0.0.0.0/0"]);
+    assert_eq!(out.status.code(), Some(2), "a /0 needs --force");
+    let good = fs::read_to_string(&daemon.instance.config).unwrap_or_default();
+    fs::write(
+        &daemon.instance.config,
+        good.replace("198.51.100.9/32", "198.51.100.9/24"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    daemon.wait_for_log("configuration refused", Duration::from_secs(3));
+
+    let text = fs::read_to_string(&audit).unwrap_or_default();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let find = |process: &str, outcome: &str| {
+        lines
+            .iter()
+            .find(|l| l["actor"]["process"] == process && l["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {process} {outcome} record in:\n{text}"))
+    };
+    assert_eq!(find("daemon", "applied")["generation"], 1);
+    let edit = find("cli", "written");
+    assert_eq!(edit["changes"]["admin"]["added"][0], "198.51.100.9/32");
+    assert_eq!(edit["actor"]["uid"], 0);
+    let refused = find("cli", "refused");
+    assert!(refused["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("every address"));
+    let applied = lines
+        .iter()
+        .find(|l| l["actor"]["process"] == "daemon" && l["generation"] == 2)
+        .unwrap_or_else(|| panic!("no generation 2 record:\n{text}"));
+    assert_eq!(applied["changes"]["admin"]["added"][0], "198.51.100.9/32");
+    let rejected = find("daemon", "rejected");
+    assert!(rejected["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("host bits"));
+}
+
+#[test]
+fn apply_with_confirm_rolls_back_unless_confirmed() {
+    let pair = Pair::new(&[]);
+    pair.serve_tcp(8443);
+    let daemon = Daemon::start(
+        &pair,
+        "[services.admin]\nports = [\"tcp/8443\"]\nallow = [\"198.51.100.0/24\"]\n",
+    );
+    assert!(pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT));
+    let original = fs::read_to_string(&daemon.instance.config).unwrap_or_default();
+
+    // A candidate that cuts the client off, on a 3-second probation.
+    let candidate = daemon.instance.dir.path().join("candidate.toml");
+    fs::write(
+        &candidate,
+        original.replace("198.51.100.0/24", "203.0.113.0/24"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = daemon
+        .instance
+        .cli(&["apply", &candidate.display().to_string(), "--confirm", "3s"]);
+    assert_success(&out, "apply --confirm");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("xdp-allowlist confirm"));
+    assert!(
+        !pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT),
+        "the candidate is in force"
+    );
+
+    // Nobody confirms: the daemon puts the old configuration back.
+    let back = pair.tcp_until(true, CLIENT_V4, SERVER_V4, 8443, Duration::from_secs(8));
+    assert!(
+        back.is_some(),
+        "not rolled back; log:\n{}",
+        daemon.log_text()
+    );
+    daemon.wait_for_log("not confirmed in time", Duration::from_secs(1));
+    assert_eq!(
+        fs::read_to_string(&daemon.instance.config).unwrap_or_default(),
+        original
+    );
+
+    // Confirmed in time, the change stays.
+    let out = daemon
+        .instance
+        .cli(&["apply", &candidate.display().to_string(), "--confirm", "3s"]);
+    assert_success(&out, "apply --confirm");
+    assert_success(&daemon.instance.cli(&["confirm"]), "confirm");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT),
+        "a confirmed change stays"
+    );
+    assert_eq!(
+        daemon.instance.cli(&["confirm"]).status.code(),
+        Some(2),
+        "nothing left to confirm"
+    );
+}
+
+#[test]
+fn the_watch_survives_renames_and_configmap_symlink_swaps() {
+    let pair = Pair::new(&[]);
+    pair.serve_tcp(8443);
+    // Lay the file out like a Kubernetes ConfigMap volume:
+    // config.toml -> ..data/config.toml, ..data -> ..v1
+    let instance = Instance::new("");
+    let dir = instance.dir.path().to_path_buf();
+    let refused = format!(
+        "interfaces = [\"{}\"]\n[services.admin]\nports = [\"tcp/8443\"]\nallow = [\"203.0.113.0/24\"]\n",
+        pair.server_if
+    );
+    let write_version = |name: &str, text: &str| {
+        fs::create_dir_all(dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(dir.join(name).join("config.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    };
+    write_version("..v1", &refused);
+    fs::remove_file(&instance.config).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("..data/config.toml", &instance.config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let daemon = Daemon::start_instance(&pair, instance);
+    assert!(!pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT));
+
+    // The kubelet's swap: a new directory, then one atomic rename of ..data.
+    write_version(
+        "..v2",
+        &refused.replace("203.0.113.0/24", "198.51.100.0/24"),
+    );
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap_or_else(|e| panic!("{e}"));
+    fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap_or_else(|e| panic!("{e}"));
+    let took = pair.tcp_until(true, CLIENT_V4, SERVER_V4, 8443, Duration::from_secs(3));
+    let took =
+        took.unwrap_or_else(|| panic!("ConfigMap swap not applied; log:\n{}", daemon.log_text()));
+    assert!(took <= RELOAD_LIMIT, "took {took:?}");
+
+    // An editor that writes a new file and renames it over the old one.
+    let target = dir.join("..v2").join("config.toml");
+    let temp = dir.join("..v2").join(".config.toml.swp");
+    fs::write(&temp, &refused).unwrap_or_else(|e| panic!("{e}"));
+    fs::rename(&temp, &target).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        pair.tcp_until(false, CLIENT_V4, SERVER_V4, 8443, Duration::from_secs(4))
+            .is_some(),
+        "a rename inside the data directory is applied too (watch or poll)"
+    );
+}

@@ -15,6 +15,8 @@ use crate::{bpf::DEFAULT_PIN_DIR, config::DEFAULT_CONFIG_PATH};
 ///
 /// Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error
 /// (nothing was changed).
+///
+/// `--version` also lists the kernel features found on this host.
 #[derive(Debug, Parser)]
 #[command(name = "xdp-allowlist", version, propagate_version = true)]
 pub struct Cli {
@@ -64,6 +66,45 @@ pub enum Command {
         json: bool,
     },
 
+    /// Put a candidate configuration in place, optionally on probation.
+    ///
+    /// CANDIDATE is validated and checked for lock-outs like an edit, then
+    /// written over the configuration file; the daemon applies it within a
+    /// second. With --confirm, the configuration it replaced is kept: unless
+    /// `xdp-allowlist confirm` comes within the given time, the daemon puts it
+    /// back and applies it (also after a daemon restart).
+    ///
+    /// Example: xdp-allowlist apply new.toml --confirm 60s
+    Apply {
+        /// The candidate configuration file.
+        candidate: std::path::PathBuf,
+        /// Roll back unless confirmed within this long (`60s`, `5m`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        confirm: Option<std::time::Duration>,
+        /// Apply even if it locks out this SSH session or opens a service
+        /// to a huge range.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Keep the change made by `apply --confirm`, cancelling its rollback.
+    Confirm,
+
+    /// Explain the verdict for a packet from ADDRESS to PROTO/PORT: which
+    /// service protects the port, which allowlist entry (with its note)
+    /// admits the source, and the verdict. When the filter is loaded, the
+    /// kernel's maps are asked too and both answers are shown.
+    ///
+    /// Example: xdp-allowlist explain 203.0.113.7 tcp/22
+    Explain {
+        address: String,
+        /// A protected port as in the configuration, like tcp/22.
+        port: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Remove the filter: from one interface with --iface, else from every
     /// interface, together with its maps and pins. A running daemon should be
     /// stopped first, or it goes on without effect.
@@ -72,6 +113,19 @@ pub enum Command {
         #[arg(long = "iface")]
         interfaces: Vec<String>,
     },
+
+    /// Print a shell completion script to standard output.
+    ///
+    /// Example: xdp-allowlist completions bash > /usr/share/bash-completion/completions/xdp-allowlist
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff) to standard output; `cargo xtask install`
+    /// installs it as xdp-allowlist(8).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -95,13 +149,18 @@ pub enum AllowCommand {
     /// and renamed into place; comments and layout are kept. A running daemon
     /// applies the change within a second.
     ///
-    /// Example: xdp-allowlist allow add admin 198.51.100.7/32 --note "alice, VPN"
+    /// Example: xdp-allowlist allow add admin 198.51.100.7/32 --note "alice, VPN" --ttl 2h
     Add {
         service: String,
         cidr: String,
         /// Why this entry exists; kept next to it in the file.
         #[arg(long)]
         note: Option<String>,
+        /// Let the entry expire after this long (`30m`, `2h`, `7d`): an
+        /// `expires` time is written into the file and the daemon stops
+        /// admitting the source on time, and logs it.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
         /// Apply even if this allows a huge range (shorter than /8 or /16).
         #[arg(long)]
         force: bool,
@@ -114,6 +173,32 @@ pub enum AllowCommand {
         cidr: String,
         /// Apply even if it locks out the SSH session this runs in, or
         /// leaves an enforced service with no allowed source.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Import a provider's published ranges from a file you downloaded.
+    ///
+    /// The entries this import made before (recognised by their note, which
+    /// names the file and selection) are replaced; entries from elsewhere
+    /// stay. The difference is shown. A result that shrinks the imported list
+    /// by more than half is refused unless --force: a truncated download
+    /// must not cut off a provider.
+    ///
+    /// Example: xdp-allowlist allow import hooks meta.json --format github --key hooks
+    ///
+    /// Example: xdp-allowlist allow import api ip-ranges.json --format aws --filter service=EC2,region=eu-west-1
+    Import {
+        service: String,
+        file: std::path::PathBuf,
+        #[arg(long, value_enum, default_value = "plain")]
+        format: crate::import::Format,
+        /// The list to take from a GitHub meta document (hooks, web, api, …).
+        #[arg(long)]
+        key: Option<String>,
+        /// FIELD=VALUE pairs an AWS prefix must match, comma-separated.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Accept a result that shrinks the list by more than half.
         #[arg(long)]
         force: bool,
     },

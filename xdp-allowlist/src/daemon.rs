@@ -23,6 +23,7 @@ use xdp_allowlist_common::{DropEvent, EVENT_WOULD_DROP, FAMILY_V4};
 
 use crate::{
     apply::Applier,
+    audit,
     bpf::{self, BpfMaps},
     config::{self, Config, Protocol},
     policy::describe_changes,
@@ -56,6 +57,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracing::warn!(file = %options.config_path.display(), line = warning.line, "{}", warning.message);
     }
     let config = loaded.config;
+    for risk in crate::guard::risks(&config, None) {
+        tracing::warn!("applying as written: {risk}");
+    }
     let interfaces = if options.interfaces.is_empty() {
         config.interfaces.clone()
     } else {
@@ -93,6 +97,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         elapsed_ms = report.elapsed.as_millis() as u64,
         "allowlist applied"
     );
+    if !report.unchanged {
+        let mut record = audit::Record::new(audit::Actor::current("daemon"), "apply", "applied");
+        record.trigger = Some("start");
+        record.generation = Some(report.generation);
+        record.changes = describe_changes(None, &config);
+        audit::record(config.audit_log.as_deref(), &record);
+    }
 
     let mut watched = Vec::new();
     for interface in &interfaces {
@@ -115,6 +126,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             ifindex: bpf::ifindex(interface),
         });
     }
+
+    // The maps are filled and every interface is filtered: only now may
+    // systemd (Type=notify) start what is ordered after us, the network.
+    let summary = format!(
+        "enforcing generation {} on {}",
+        applier.generation(),
+        interfaces.join(", ")
+    );
+    notify_service_manager(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&summary),
+    ]);
 
     let logger = if options.kernel_log {
         Some(
@@ -143,6 +166,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let mut last_text = fs::read_to_string(&options.config_path).ok();
     let mut current = config;
+    let mut expiry = config::next_expiry(&current, std::time::SystemTime::now());
+    let mut expiry_checked = std::time::SystemTime::now();
     tracing::info!(config = %options.config_path.display(), "watching the configuration; send SIGHUP to reload now");
 
     loop {
@@ -157,6 +182,26 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping; the filter stays attached and enforcing"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping; the filter stays attached and enforcing"); break; }
         };
+        match crate::confirm::roll_back_if_due(&options.config_path, std::time::SystemTime::now()) {
+            Ok(Some(pending)) => {
+                tracing::warn!(
+                    generation_before = pending.generation_before,
+                    "the change was not confirmed in time: rolling back"
+                );
+                let mut record =
+                    audit::Record::new(audit::Actor::current("daemon"), "apply", "rolled_back");
+                record.generation = Some(applier.generation());
+                record.reason = Some("not confirmed in time".to_owned());
+                audit::record(current.audit_log.as_deref(), &record);
+            }
+            Ok(None) => {}
+            Err(err) => tracing::error!("cannot roll back an unconfirmed change: {err:#}"),
+        }
+        if expiry.is_some_and(|at| std::time::SystemTime::now() >= at) {
+            expire(&mut applier, &current, &names, expiry_checked);
+            expiry_checked = std::time::SystemTime::now();
+            expiry = config::next_expiry(&current, std::time::SystemTime::now());
+        }
         if trigger == "poll" {
             for interface in &mut watched {
                 reattach_if_recreated(&mut program, &options.pin_dir, interface, current.xdp_mode);
@@ -181,22 +226,41 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                     trigger,
                     "configuration refused; the last good allowlist stays in force\n{err}"
                 );
+                let mut record =
+                    audit::Record::new(audit::Actor::current("daemon"), "apply", "rejected");
+                record.trigger = Some(trigger);
+                record.generation = Some(applier.generation());
+                record.reason = Some(err.to_string());
+                audit::record(current.audit_log.as_deref(), &record);
             }
             Ok(loaded) => {
                 for warning in &loaded.warnings {
                     tracing::warn!(line = warning.line, "{}", warning.message);
                 }
+                for risk in crate::guard::new_risks(Some(&current), &loaded.config, None) {
+                    tracing::warn!("applying as written: {risk}");
+                }
                 reload(&mut applier, &current, &loaded.config, trigger, &names);
                 current = loaded.config;
+                expiry = config::next_expiry(&current, std::time::SystemTime::now());
             }
         }
     }
 
+    notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     events_task.abort();
     if let Some(task) = log_task {
         task.abort();
     }
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) how the daemon is doing; does nothing when
+/// not started by systemd (no NOTIFY_SOCKET).
+fn notify_service_manager(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(state) {
+        tracing::warn!(error = %err, "cannot notify the service manager");
+    }
 }
 
 /// An interface the filter should be on, and the index it had when the
@@ -239,6 +303,31 @@ fn reattach_if_recreated(
     }
 }
 
+/// Applies the configuration again without the entries whose time is up,
+/// and logs each of them.
+fn expire(
+    applier: &mut Applier<BpfMaps>,
+    current: &Config,
+    names: &Arc<Mutex<BTreeMap<u32, String>>>,
+    since: std::time::SystemTime,
+) {
+    let now = std::time::SystemTime::now();
+    for (service, entry) in current
+        .services
+        .iter()
+        .flat_map(|(name, s)| s.allow.iter().map(move |e| (name, e)))
+        .filter(|(_, e)| !e.is_live(now) && e.expires.is_some_and(|at| at >= since))
+    {
+        tracing::info!(
+            service = %service,
+            cidr = %entry.net,
+            note = entry.note.as_deref().unwrap_or(""),
+            "allowlist entry expired; no longer admitted"
+        );
+    }
+    reload(applier, current, current, "expiry", names);
+}
+
 fn reload(
     applier: &mut Applier<BpfMaps>,
     current: &Config,
@@ -247,6 +336,11 @@ fn reload(
     names: &Arc<Mutex<BTreeMap<u32, String>>>,
 ) {
     let changes = describe_changes(Some(current), next);
+    let mut record = audit::Record::new(audit::Actor::current("daemon"), "apply", "applied");
+    record.trigger = Some(trigger);
+    if trigger == "expiry" {
+        record.action = "expire";
+    }
     match applier.apply(next) {
         Ok(report) if report.unchanged => {
             tracing::debug!(trigger, "configuration unchanged");
@@ -270,9 +364,16 @@ fn reload(
             if let Ok(mut names) = names.lock() {
                 *names = invert(applier.ids());
             }
+            record.generation = Some(report.generation);
+            record.changes = changes;
+            audit::record(next.audit_log.as_deref(), &record);
         }
         Err(err) => {
             tracing::error!(trigger, "applying the configuration failed: {err:#}");
+            record.outcome = "failed";
+            record.generation = Some(applier.generation());
+            record.reason = Some(format!("{err:#}"));
+            audit::record(next.audit_log.as_deref(), &record);
         }
     }
 }
@@ -319,7 +420,8 @@ fn watch(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reads (ours and the CLI's) are not changes.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.try_send("file change");
         }
     })?;

@@ -81,6 +81,7 @@ pub fn allow_add(
     service: &str,
     cidr: &str,
     note: Option<&str>,
+    expires: Option<std::time::SystemTime>,
     guard: Guard,
 ) -> anyhow::Result<EditOutcome> {
     let net = parse_cidr(cidr).map_err(|e| UsageError(e.to_string()))?;
@@ -89,14 +90,21 @@ pub fn allow_add(
         if find(array, net).is_some() {
             return Ok(EditOutcome::AlreadyThere);
         }
-        let value = match note {
-            Some(note) => {
-                let mut table = InlineTable::new();
-                table.insert("cidr", net.to_string().into());
+        let value = if note.is_none() && expires.is_none() {
+            Value::from(net.to_string())
+        } else {
+            let mut table = InlineTable::new();
+            table.insert("cidr", net.to_string().into());
+            if let Some(note) = note {
                 table.insert("note", note.into());
-                Value::InlineTable(table)
             }
-            None => Value::from(net.to_string()),
+            if let Some(at) = expires {
+                table.insert(
+                    "expires",
+                    humantime::format_rfc3339_seconds(at).to_string().into(),
+                );
+            }
+            Value::InlineTable(table)
         };
         push_like_siblings(array, value);
         Ok(EditOutcome::Changed)
@@ -320,3 +328,99 @@ pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// What `allow import` changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub added: Vec<IpNet>,
+    pub removed: Vec<IpNet>,
+    pub kept: usize,
+}
+
+/// Replaces the entries of `service` that came from `source` (recognised by
+/// their note) with `nets`, keeping every other entry.
+///
+/// # Errors
+///
+/// [`UsageError`] when the result would shrink the imported list by more
+/// than half without `force`, or the usual edit errors.
+pub fn allow_import(
+    path: &Path,
+    service: &str,
+    nets: &std::collections::BTreeSet<IpNet>,
+    source: &str,
+    force: bool,
+    guard: Guard,
+) -> anyhow::Result<ImportReport> {
+    let note = format!("imported from {source}");
+    let mut report = ImportReport::default();
+    edit(path, guard, |doc| {
+        let array = allow_array(doc, service, true)?;
+        let mut previous = std::collections::BTreeSet::new();
+        let mut others = std::collections::BTreeSet::new();
+        for value in array.iter() {
+            let table = value.as_inline_table();
+            let cidr = table
+                .and_then(|t| t.get("cidr"))
+                .and_then(Value::as_str)
+                .or_else(|| value.as_str())
+                .and_then(|t| parse_cidr(t).ok());
+            let from_source =
+                table.and_then(|t| t.get("note")).and_then(Value::as_str) == Some(note.as_str());
+            match (cidr, from_source) {
+                (Some(net), true) => {
+                    previous.insert(net);
+                }
+                (Some(net), false) => {
+                    others.insert(net);
+                }
+                (None, _) => {}
+            }
+        }
+        if !force && nets.len() * 2 < previous.len() {
+            return Err(UsageError(format!(
+                "the import would shrink the list from {source} from {} to {} entries (by more than half); check the file, or add --force",
+                previous.len(),
+                nets.len()
+            ))
+            .into());
+        }
+        report.removed = previous.difference(nets).copied().collect();
+        report.added = nets
+            .difference(&previous)
+            .filter(|n| !others.contains(n))
+            .copied()
+            .collect();
+        report.kept = previous.intersection(nets).count();
+        if report.added.is_empty() && report.removed.is_empty() {
+            return Ok(EditOutcome::AlreadyThere);
+        }
+        for net in &report.removed {
+            let found = array.iter().position(|v| {
+                v.as_inline_table()
+                    .is_some_and(|t| t.get("note").and_then(Value::as_str) == Some(note.as_str()))
+                    && find_one(v, *net)
+            });
+            if let Some(index) = found {
+                remove_keeping_comments(array, index);
+            }
+        }
+        for net in &report.added {
+            let mut table = InlineTable::new();
+            table.insert("cidr", net.to_string().into());
+            table.insert("note", note.as_str().into());
+            push_like_siblings(array, Value::InlineTable(table));
+        }
+        Ok(EditOutcome::Changed)
+    })?;
+    Ok(report)
+}
+
+fn find_one(value: &Value, net: IpNet) -> bool {
+    value
+        .as_inline_table()
+        .and_then(|t| t.get("cidr"))
+        .and_then(Value::as_str)
+        .and_then(|t| parse_cidr(t).ok())
+        == Some(net)
+}

@@ -2,16 +2,21 @@
 //!
 //! The binary is a thin layer over these modules: `config` reads and checks
 //! the file, `policy` and `apply` turn it into map writes, `bpf` owns the
-//! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI
-//! and `status` reads the counters.
+//! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI,
+//! `status` reads the counters and `features` says what the kernel offers.
 
 pub mod apply;
+pub mod audit;
 pub mod bpf;
 pub mod cli;
 pub mod config;
+pub mod confirm;
 pub mod daemon;
 pub mod edit;
+pub mod explain;
+pub mod features;
 pub mod guard;
+pub mod import;
 pub mod policy;
 pub mod reference;
 pub mod status;

@@ -34,6 +34,15 @@ impl SlotState {
     ///
     /// Never for ids made by [`assign_ids`] from the same configuration.
     pub fn from_config(config: &Config, ids: &BTreeMap<String, u32>) -> Self {
+        Self::from_config_at(config, ids, std::time::SystemTime::now())
+    }
+
+    /// As [`SlotState::from_config`], leaving out entries expired at `now`.
+    pub fn from_config_at(
+        config: &Config,
+        ids: &BTreeMap<String, u32>,
+        now: std::time::SystemTime,
+    ) -> Self {
         let mut state = SlotState::default();
         for (name, service) in &config.services {
             let Some(&id) = ids.get(name) else { continue };
@@ -45,7 +54,7 @@ impl SlotState {
             if service.mode == ServiceMode::Monitor {
                 state.service_flags.insert(id, SERVICE_MONITOR);
             }
-            for entry in &service.allow {
+            for entry in service.allow.iter().filter(|e| e.is_live(now)) {
                 insert_net(&mut state, id, entry.net);
                 if config.tunnel_policy == TunnelPolicy::Drop {
                     insert_net(&mut state, UNION_SERVICE, entry.net);

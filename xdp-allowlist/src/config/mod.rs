@@ -37,6 +37,8 @@ pub struct Config {
     pub events_per_second: u32,
     /// Services by name, in name order.
     pub services: BTreeMap<String, Service>,
+    /// Where the audit log goes; `None` when switched off (`audit_log = ""`).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// `xdp_mode`: native (driver) XDP, generic (skb) XDP, or native with a
@@ -80,6 +82,26 @@ pub struct Service {
 pub struct AllowEntry {
     pub net: IpNet,
     pub note: Option<String>,
+    /// After this instant the entry no longer admits anyone (`--ttl`).
+    pub expires: Option<std::time::SystemTime>,
+}
+
+impl AllowEntry {
+    /// Does the entry admit sources at `now`?
+    pub fn is_live(&self, now: std::time::SystemTime) -> bool {
+        self.expires.is_none_or(|at| now < at)
+    }
+}
+
+/// The earliest expiry still ahead of `now`, if any.
+pub fn next_expiry(config: &Config, now: std::time::SystemTime) -> Option<std::time::SystemTime> {
+    config
+        .services
+        .values()
+        .flat_map(|s| s.allow.iter())
+        .filter_map(|e| e.expires)
+        .filter(|&at| at > now)
+        .min()
 }
 
 /// Transport protocols whose ports can be protected.
@@ -239,6 +261,9 @@ pub const DEFAULT_CAPACITY: u32 = xdp_allowlist_common::DEFAULT_CAPACITY;
 
 /// Default of `events_per_second` (per CPU).
 pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
+
+/// Default of `audit_log`.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/lib/xdp-allowlist/audit.jsonl";
 
 /// Longest service name; it must fit the kernel-side name record.
 pub const MAX_SERVICE_NAME: usize = 48;

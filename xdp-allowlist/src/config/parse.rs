@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     ops::Range,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use ipnet::IpNet;
@@ -13,7 +13,7 @@ use toml_edit::{ImDocument, Item, Table, Value};
 
 use super::{
     parse_cidr, parse_port_spec, AllowEntry, Config, ConfigError, Loaded, Problem, Protocol,
-    Service, ServiceMode, TunnelPolicy, XdpModeSetting, DEFAULT_CAPACITY,
+    Service, ServiceMode, TunnelPolicy, XdpModeSetting, DEFAULT_AUDIT_LOG, DEFAULT_CAPACITY,
     DEFAULT_EVENTS_PER_SECOND, MAX_SERVICE_NAME,
 };
 
@@ -23,10 +23,11 @@ const TOP_KEYS: &[&str] = &[
     "tunnel_policy",
     "capacity",
     "events_per_second",
+    "audit_log",
     "services",
 ];
 const SERVICE_KEYS: &[&str] = &["ports", "allow", "mode"];
-const ENTRY_KEYS: &[&str] = &["cidr", "note"];
+const ENTRY_KEYS: &[&str] = &["cidr", "note", "expires"];
 
 /// Parses and validates a configuration held in memory. `path` only names
 /// the file in messages.
@@ -155,6 +156,20 @@ impl Walker {
             )
             .unwrap_or(DEFAULT_EVENTS_PER_SECOND);
         let services = self.services(root.get("services"));
+        let audit_log = match root.get("audit_log") {
+            None => Some(PathBuf::from(DEFAULT_AUDIT_LOG)),
+            Some(item) => match item.as_str() {
+                Some("") => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => {
+                    self.problem(
+                        item.span(),
+                        "`audit_log` must be a file path, or \"\" to switch it off",
+                    );
+                    None
+                }
+            },
+        };
 
         let config = Config {
             interfaces,
@@ -163,6 +178,7 @@ impl Walker {
             capacity,
             events_per_second,
             services,
+            audit_log,
         };
         self.check_capacity(&config);
         Some(config)
@@ -406,8 +422,8 @@ impl Walker {
     }
 
     fn allow_entry(&mut self, value: &Value) -> Option<AllowEntry> {
-        let (cidr, note, span) = match value {
-            Value::String(s) => (s.value().as_str(), None, value.span()),
+        let (cidr, note, expires, span) = match value {
+            Value::String(s) => (s.value().as_str(), None, None, value.span()),
             Value::InlineTable(table) => {
                 for (key, _) in table.iter() {
                     if !ENTRY_KEYS.contains(&key) {
@@ -439,7 +455,27 @@ impl Walker {
                         }
                     },
                 };
-                (cidr, note, cidr_value.span())
+                let expires = match table.get("expires") {
+                    None => None,
+                    Some(item) => {
+                        let text = match item {
+                            Value::String(s) => s.value().clone(),
+                            Value::Datetime(d) => d.value().to_string(),
+                            _ => String::new(),
+                        };
+                        match humantime::parse_rfc3339_weak(&text) {
+                            Ok(time) if text.ends_with('Z') => Some(time),
+                            _ => {
+                                self.problem(
+                                    item.span(),
+                                    format!("`expires` must be a UTC time like \"2026-12-31T18:00:00Z\", not `{text}`"),
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                };
+                (cidr, note, expires, cidr_value.span())
             }
             _ => {
                 self.problem(
@@ -450,7 +486,7 @@ impl Walker {
             }
         };
         match parse_cidr(cidr) {
-            Ok(net) => Some(AllowEntry { net, note }),
+            Ok(net) => Some(AllowEntry { net, note, expires }),
             Err(err) => {
                 self.problem(span, err.to_string());
                 None

@@ -40,7 +40,9 @@ fn the_documented_example_parses() {
         capacity,
         events_per_second,
         services,
+        audit_log,
     } = loaded.config;
+    assert_eq!(audit_log.as_deref(), Some(Path::new(DEFAULT_AUDIT_LOG)));
     assert_eq!(interfaces, vec!["eth0".to_owned()]);
     assert_eq!(xdp_mode, XdpModeSetting::Auto);
     assert_eq!(tunnel_policy, TunnelPolicy::Pass);

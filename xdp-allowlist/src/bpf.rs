@@ -94,7 +94,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
 
 fn is_bpffs(path: &Path) -> bool {
     match nix::sys::statfs::statfs(path) {
-        Ok(stat) => stat.filesystem_type().0 as i64 == BPF_FS_MAGIC,
+        Ok(stat) => stat.filesystem_type().0 == BPF_FS_MAGIC,
         Err(_) => false,
     }
 }

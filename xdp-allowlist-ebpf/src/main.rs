@@ -217,6 +217,12 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, l3: usize) -> u32 {
         };
         proto = ah[0];
         l4 += (usize::from(ah[1]) + 2) * 4;
+        // A second authentication header would hide the ports behind a
+        // chain this parser does not follow: refused, as an IPv6 chain past
+        // its bound is. Passing it as "other protocol" was a bypass.
+        if proto == IPPROTO_AH {
+            return drop(Reason::ExtChain);
+        }
     }
     transport(ctx, pkt, source, proto, l4, l3_end, first_fragment)
 }
@@ -347,7 +353,13 @@ fn transport(
         c.dropped_bytes += bytes;
     });
     send_event(control, EVENT_DROP, service, proto, port, source);
-    aya_log_ebpf::debug!(ctx, "drop proto={} port={} service={}", proto, port, service);
+    aya_log_ebpf::debug!(
+        ctx,
+        "drop proto={} port={} service={}",
+        proto,
+        port,
+        service
+    );
     XDP_DROP
 }
 
@@ -460,9 +472,7 @@ fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, s
     let (family, addr) = match source {
         Source::V4(a) => (
             FAMILY_V4,
-            [
-                a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ],
+            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         ),
         Source::V6(a) => (FAMILY_V6, a),
     };

@@ -366,9 +366,11 @@ impl Walker {
                     format!("`allow` {context} must be a list of CIDRs"),
                 ),
                 Some(array) => {
+                    // A set, not a scan: lists of a million entries happen.
+                    let mut seen = std::collections::HashSet::with_capacity(array.len());
                     for value in array.iter() {
                         if let Some(entry) = self.allow_entry(value) {
-                            if allow.iter().any(|e| e.net == entry.net) {
+                            if !seen.insert(entry.net) {
                                 self.warning(
                                     value.span(),
                                     format!("`{}` is listed twice {context}", entry.net),

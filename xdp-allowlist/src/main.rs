@@ -29,8 +29,7 @@ fn parse() -> Cli {
     let mut command = Cli::command();
     if std::env::args_os().any(|arg| arg == "--version") {
         // Built once per process, for clap, which keeps `&'static str`s.
-        let long_version: &'static str =
-            features::long_version(env!("CARGO_PKG_VERSION")).leak();
+        let long_version: &'static str = features::long_version(env!("CARGO_PKG_VERSION")).leak();
         command = command.long_version(long_version);
     }
     let matches = command.get_matches();
@@ -82,8 +81,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ) {
                 eprintln!("warning: {}: {risk}", config_path.display());
             }
-            for shadowed in xdp_allowlist::guard::shadowed(&loaded.config) {
-                eprintln!("warning: {}: {shadowed}", config_path.display());
+            let shadowed = xdp_allowlist::guard::shadowed(&loaded.config);
+            for line in shadowed.iter().take(20) {
+                eprintln!("warning: {}: {line}", config_path.display());
+            }
+            if shadowed.len() > 20 {
+                eprintln!(
+                    "warning: {}: {} more entries are covered by other entries",
+                    config_path.display(),
+                    shadowed.len() - 20
+                );
             }
             let cidrs: usize = loaded.config.services.values().map(|s| s.allow.len()).sum();
             println!(

@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | test | lint | demo | bench`.
+//! Project tasks: `cargo xtask setup | test | lint | demo | bench | install`.
 //!
 //! Every task but `setup` runs `setup` first, so a fresh machine needs no
 //! manual step. This crate must build before bpf-linker exists, so it does
 //! not depend on the xdp-allowlist crates; it drives them through cargo.
 
 mod demo;
+mod install;
 mod setup;
 
 use std::{
@@ -40,6 +41,20 @@ enum Task {
     /// Build everything and run a live demonstration in throwaway network
     /// namespaces (root).
     Demo,
+    /// Build the release binary and install it with its man page, shell
+    /// completions (bash, zsh, fish), the systemd unit and an example
+    /// configuration. Enables and starts nothing.
+    Install {
+        /// Where the binary, man page and completions go (PREFIX/bin,
+        /// PREFIX/share/man/man8, PREFIX/share/...); the unit names
+        /// PREFIX/bin/xdp-allowlist.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Put every file under this directory instead of /, for packages
+        /// and images (e.g. /tmp/stage/usr/local/bin/xdp-allowlist).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
     /// Measure the filter against a bare XDP_DROP program and the peers.
     Bench {
         /// Arguments for the benchmark driver (`--quick`, `--help`).
@@ -78,7 +93,7 @@ fn dispatch(task: Task) -> anyhow::Result<std::process::ExitCode> {
         Task::Demo => {
             setup::require_root("demo")?;
             setup::setup()?;
-            let binary = build_binary()?;
+            let binary = build_binary(Profile::Debug)?;
             demo::demo(&binary)?;
         }
         Task::Bench { args } => {
@@ -95,6 +110,10 @@ fn dispatch(task: Task) -> anyhow::Result<std::process::ExitCode> {
                     "--",
                 ])
                 .args(&args))?;
+        }
+        Task::Install { prefix, destdir } => {
+            setup::setup()?;
+            install::install(&prefix, destdir.as_deref())?;
         }
         Task::DemoListen { ports } => demo::listen(&ports)?,
         Task::DemoConnect { target, source } => {
@@ -119,13 +138,24 @@ fn cargo() -> Command {
     command
 }
 
+/// A cargo build profile.
+#[derive(Clone, Copy)]
+enum Profile {
+    Debug,
+    Release,
+}
+
 /// Builds the `xdp-allowlist` binary and returns its path.
-fn build_binary() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "-p", "xdp-allowlist"]))?;
+fn build_binary(profile: Profile) -> anyhow::Result<PathBuf> {
+    let (flags, dir): (&[&str], &str) = match profile {
+        Profile::Debug => (&[], "debug"),
+        Profile::Release => (&["--release"], "release"),
+    };
+    run(cargo().args(["build", "-p", "xdp-allowlist"]).args(flags))?;
     let target_dir = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
-    let binary = target_dir.join("debug").join("xdp-allowlist");
+    let binary = target_dir.join(dir).join("xdp-allowlist");
     if !binary.exists() {
         bail!("built, but {} is missing", binary.display());
     }
@@ -133,11 +163,13 @@ fn build_binary() -> anyhow::Result<PathBuf> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
-    let binary = build_binary()?;
+    let binary = build_binary(Profile::Debug)?;
     // Tests that touch the kernel share bpffs and namespaces; they use
     // unique names, but two cores are better spent on one at a time.
     run(cargo()
-        .args(["test", "--workspace", "--no-fail-fast", "--"])
+        // The default members: every crate but the kernel one, which only
+        // builds for the BPF target (through xdp-allowlist's build.rs).
+        .args(["test", "--no-fail-fast", "--"])
         .args(["--test-threads", "2"])
         .args(args)
         .env("XDP_ALLOWLIST_BIN", &binary))
@@ -145,14 +177,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel crate only builds for the BPF target, with nightly.
     run(Command::new("rustup")
         .args([

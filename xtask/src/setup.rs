@@ -2,11 +2,11 @@
 //! missing, and nothing else. Safe to run any number of times; every other
 //! task runs it first.
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _};
 
-use crate::run;
+use crate::{run, workspace_root};
 
 /// Debian packages bpf-linker is built against (rustc's LLVM is 22).
 const LLVM_PACKAGES: &[&str] = &[
@@ -17,8 +17,14 @@ const LLVM_PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages the tests and demo drive: `ip` for namespaces, Python's
-/// scapy to craft frames independently of our own encoder.
-const TEST_PACKAGES: &[&str] = &["iproute2", "python3-scapy"];
+/// scapy to craft frames independently of our own encoder, `venv` for the
+/// manifest validator, and `systemd-analyze` to check the systemd unit.
+const TEST_PACKAGES: &[&str] = &["iproute2", "python3-scapy", "python3-venv", "systemd"];
+
+/// PyPI's validator for Kubernetes manifests; it carries the schemas of every
+/// Kubernetes version with it, so checking needs no cluster and no network.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate";
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -90,7 +96,51 @@ pub fn setup() -> anyhow::Result<()> {
             bail!("bpf-linker was installed but `bpf-linker --version` still fails; is ~/.cargo/bin on PATH?");
         }
     }
+
+    if !kubernetes_validate_ok() {
+        let venv = tools_venv();
+        println!(
+            "setup: installing {KUBERNETES_VALIDATE} {KUBERNETES_VALIDATE_VERSION} from PyPI into {} (checks packaging/kubernetes)",
+            venv.display()
+        );
+        // Debian's own Python, whose python3-venv was installed above; a
+        // virtual environment keeps the system's packages untouched.
+        run(Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("{KUBERNETES_VALIDATE}=={KUBERNETES_VALIDATE_VERSION}"),
+        ]))?;
+        if !kubernetes_validate_ok() {
+            bail!(
+                "{KUBERNETES_VALIDATE} was installed but `{} --version` still fails",
+                venv.join("bin").join(KUBERNETES_VALIDATE).display()
+            );
+        }
+    }
     Ok(())
+}
+
+/// The virtual environment for Python tools, under the workspace's `target/`
+/// (whatever CARGO_TARGET_DIR says, so tests find it): `cargo clean` removes
+/// it and the next setup makes it again.
+fn tools_venv() -> PathBuf {
+    workspace_root().join("target").join("tools").join("venv")
+}
+
+fn kubernetes_validate_ok() -> bool {
+    Command::new(tools_venv().join("bin").join(KUBERNETES_VALIDATE))
+        .arg("--version")
+        .output()
+        .map(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(KUBERNETES_VALIDATE_VERSION)
+        })
+        .unwrap_or(false)
 }
 
 fn deb_installed(package: &str) -> bool {

@@ -19,7 +19,7 @@ use core::mem::size_of;
 
 /// Bumped whenever the layout of a pinned map changes. A daemon refuses to
 /// adopt pinned maps that carry another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Written into [`Meta::magic`] so that a stray map of the same name is not
 /// mistaken for ours.
@@ -55,11 +55,19 @@ pub const PORT_PROTOCOLS: u32 = 3;
 pub const PORTS_PER_SLOT: u32 = PORT_PROTOCOLS * 65536;
 
 /// Index into [`PORTS_MAP`] of a (slot, protocol, port) triple. The value
-/// stored there is the id of the service that protects the port, or 0.
+/// stored there is the id of the service that protects the port (0: none),
+/// with [`PORT_MONITOR`] set when that service is in monitor mode, so that
+/// the drop path needs no second lookup.
 #[inline(always)]
 pub const fn port_index(slot: u32, proto_idx: u32, port: u16) -> u32 {
     slot * PORTS_PER_SLOT + proto_idx * 65536 + port as u32
 }
+
+/// Set in a [`PORTS_MAP`] value when the service is in monitor mode.
+pub const PORT_MONITOR: u32 = 1 << 31;
+
+/// The service id in a [`PORTS_MAP`] value.
+pub const PORT_SERVICE_MASK: u32 = 0xffff;
 
 /// Default capacity of each address trie, in CIDRs per family and slot.
 pub const DEFAULT_CAPACITY: u32 = 1_048_576;
@@ -154,7 +162,8 @@ pub enum Reason {
     Fragment = 2,
     /// A first fragment too short to hold the ports: dropped.
     ShortFragment = 3,
-    /// IPv6 extension chain longer than the bound or truncated: dropped.
+    /// IPv6 extension chain longer than the bound or truncated, or a second
+    /// IPv4 authentication header: dropped.
     ExtChain = 4,
     /// More VLAN tags than the parser follows: dropped.
     VlanTooDeep = 5,
@@ -211,20 +220,23 @@ impl Reason {
     }
 }
 
-/// Indexes of [`EVENT_STATS_MAP`] (per CPU).
-pub const EVENT_STAT_SENT: u32 = 0;
-/// Events not sent because the per-CPU rate limit was reached.
-pub const EVENT_STAT_RATE_LIMITED: u32 = 1;
-/// Events not sent because the ring buffer was full.
-pub const EVENT_STAT_RING_FULL: u32 = 2;
-pub const EVENT_STAT_COUNT: u32 = 3;
-
-/// Per-CPU state of the drop-event rate limiter.
+/// Per-CPU state of the drop-event rate limiter, and what it let through.
+/// One record, so the drop path makes one lookup for all of it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EventLimiter {
+    /// Start of the current one-second window (coarse clock).
     pub window_start_ns: u64,
     pub sent_in_window: u64,
+    /// Once the window's budget is spent, drops to let pass before reading
+    /// the clock again: under a flood the clock is read rarely.
+    pub skip: u64,
+    /// Events sent.
+    pub sent: u64,
+    /// Events not sent because the per-CPU rate limit was reached.
+    pub rate_limited: u64,
+    /// Events not sent because the ring buffer was full.
+    pub ring_full: u64,
 }
 
 /// What a [`DropEvent`] reports.
@@ -288,7 +300,6 @@ pub const V6_MAP: &str = "ALLOW_V6";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const REASONS_MAP: &str = "REASONS";
 pub const EVENTS_MAP: &str = "EVENTS";
-pub const EVENT_STATS_MAP: &str = "EVENT_STATS";
 pub const EVENT_LIMITER_MAP: &str = "EVENT_LIMITER";
 pub const META_MAP: &str = "META";
 pub const SERVICE_NAMES_MAP: &str = "SERVICE_NAMES";
@@ -305,7 +316,7 @@ const _: () = assert!(size_of::<RuleValue>() == 4);
 const _: () = assert!(size_of::<Control>() == 24);
 const _: () = assert!(size_of::<ServicePolicy>() == 4);
 const _: () = assert!(size_of::<ServiceCounters>() == 48);
-const _: () = assert!(size_of::<EventLimiter>() == 16);
+const _: () = assert!(size_of::<EventLimiter>() == 48);
 const _: () = assert!(size_of::<DropEvent>() == 40);
 const _: () = assert!(size_of::<Meta>() == 16);
 const _: () = assert!(size_of::<ServiceName>() == 64);

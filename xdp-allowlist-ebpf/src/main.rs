@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -25,9 +25,9 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 use xdp_allowlist_common::{
     key_tag, port_index, proto_index, Control, DropEvent, EventLimiter, Meta, Reason, RuleValue,
     ServiceCounters, ServiceName, ServicePolicy, V4KeyData, V6KeyData, CONTROL_EVENTS_OFF,
-    CONTROL_TUNNEL_DROP, DEFAULT_CAPACITY, EVENTS_RING_BYTES, EVENT_DROP, EVENT_STAT_COUNT,
-    EVENT_STAT_RATE_LIMITED, EVENT_STAT_RING_FULL, EVENT_STAT_SENT, EVENT_WOULD_DROP, FAMILY_V4,
-    FAMILY_V6, MAX_SERVICES, PORTS_PER_SLOT, REASON_COUNT, SERVICE_MONITOR, SLOTS, TAG_BITS,
+    CONTROL_TUNNEL_DROP, DEFAULT_CAPACITY, EVENTS_RING_BYTES, EVENT_DROP, EVENT_WOULD_DROP,
+    FAMILY_V4, FAMILY_V6, MAX_SERVICES, PORTS_PER_SLOT, PORT_MONITOR, PORT_SERVICE_MASK,
+    REASON_COUNT, SLOTS, TAG_BITS,
 };
 
 // One trie per address family, shared by all services and both slots: the
@@ -46,9 +46,6 @@ static ALLOW_V6: LpmTrie<V6KeyData, RuleValue> = LpmTrie::pinned(SLOTS * DEFAULT
 static PORTS: Array<u32> = Array::pinned(SLOTS * PORTS_PER_SLOT, 0);
 
 #[map]
-static SERVICES: Array<ServicePolicy> = Array::pinned(SLOTS * MAX_SERVICES, 0);
-
-#[map]
 static CONTROL: Array<Control> = Array::pinned(1, 0);
 
 #[map]
@@ -61,13 +58,14 @@ static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_COUNT, 0);
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 #[map]
-static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(EVENT_STAT_COUNT, 0);
-
-#[map]
 static EVENT_LIMITER: PerCpuArray<EventLimiter> = PerCpuArray::pinned(1, 0);
 
-// Read and written by the daemon only; declared here so that they are pinned
-// with the rest and their layout is part of the object.
+// SERVICES (modes, for `status`), META and SERVICE_NAMES are read and written
+// by the daemon only; declared here so that they are pinned with the rest and
+// their layout is part of the object.
+#[map]
+static SERVICES: Array<ServicePolicy> = Array::pinned(SLOTS * MAX_SERVICES, 0);
+
 #[map]
 static META: Array<Meta> = Array::pinned(1, 0);
 
@@ -324,10 +322,14 @@ fn transport(
     };
     let port = u16::from_be_bytes([ports[2], ports[3]]);
 
-    let service = match PORTS.get(port_index(slot, proto_idx, port)) {
-        Some(&service) if service != 0 && service < MAX_SERVICES => service,
-        _ => return pass(Reason::Unprotected),
+    let entry = match PORTS.get(port_index(slot, proto_idx, port)) {
+        Some(&entry) => entry,
+        None => 0,
     };
+    let service = entry & PORT_SERVICE_MASK;
+    if service == 0 || service >= MAX_SERVICES {
+        return pass(Reason::Unprotected);
+    }
     let bytes = (l3_end - l4) as u64;
 
     if is_allowed(slot, service, source) {
@@ -338,11 +340,7 @@ fn transport(
         return XDP_PASS;
     }
 
-    let monitor = match SERVICES.get(slot * MAX_SERVICES + service) {
-        Some(policy) => policy.flags & SERVICE_MONITOR != 0,
-        None => false,
-    };
-    if monitor {
+    if entry & PORT_MONITOR != 0 {
         count_service(service, |c| c.would_drop += 1);
         send_event(control, EVENT_WOULD_DROP, service, proto, port, source);
         return XDP_PASS;
@@ -436,17 +434,10 @@ fn count_service(service: u32, update: impl FnOnce(&mut ServiceCounters)) {
     }
 }
 
-#[inline(always)]
-fn count_event_stat(index: u32) {
-    if let Some(counter) = EVENT_STATS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
-        unsafe { *counter += 1 };
-    }
-}
-
 /// Sends a drop event unless this CPU already sent its share this second.
 /// Under a flood most drops are only counted: an event per packet would cost
-/// several times the drop itself.
+/// several times the drop itself. Once the budget is spent, the clock is read
+/// again only every `skip` drops, so a limited drop costs one per-CPU lookup.
 #[inline(always)]
 fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, source: Source) {
     if control.flags & CONTROL_EVENTS_OFF != 0 {
@@ -457,14 +448,28 @@ fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, s
     };
     // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
     let limiter = unsafe { &mut *limiter };
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    if limiter.skip > 0 {
+        limiter.skip -= 1;
+        limiter.rate_limited += 1;
+        return;
+    }
+    // SAFETY: a helper without preconditions (Linux 5.11+); the coarse clock
+    // is cheaper and a tick's precision is plenty for a one-second window.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if now.wrapping_sub(limiter.window_start_ns) >= ONE_SECOND_NS {
         limiter.window_start_ns = now;
         limiter.sent_in_window = 0;
     }
-    if limiter.sent_in_window >= u64::from(control.events_per_sec) {
-        count_event_stat(EVENT_STAT_RATE_LIMITED);
+    let budget = u64::from(control.events_per_sec);
+    if limiter.sent_in_window >= budget {
+        limiter.rate_limited += 1;
+        limiter.skip = if budget < 64 {
+            64
+        } else if budget > 4096 {
+            4096
+        } else {
+            budget
+        };
         return;
     }
     limiter.sent_in_window += 1;
@@ -477,7 +482,7 @@ fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, s
         Source::V6(a) => (FAMILY_V6, a),
     };
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
-        count_event_stat(EVENT_STAT_RING_FULL);
+        limiter.ring_full += 1;
         return;
     };
     entry.write(DropEvent {
@@ -491,7 +496,7 @@ fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, s
         addr,
     });
     entry.submit(0);
-    count_event_stat(EVENT_STAT_SENT);
+    limiter.sent += 1;
 }
 
 #[cfg(not(test))]

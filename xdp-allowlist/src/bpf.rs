@@ -33,10 +33,10 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use xdp_allowlist_common::{
-    key_tag, port_index, Control, EventLimiter, Meta, RuleValue, ServiceCounters, ServiceName,
-    ServicePolicy, V4KeyData, V6KeyData, CONTROL_MAP, COUNTERS_MAP, EVENTS_MAP, EVENT_STATS_MAP,
-    LAYOUT_VERSION, MAX_SERVICES, META_MAGIC, META_MAP, PORTS_MAP, PORTS_PER_SLOT, PROGRAM_NAME,
-    REASONS_MAP, SERVICES_MAP, SERVICE_NAMES_MAP, SLOTS, TAG_BITS, V4_MAP, V6_MAP,
+    key_tag, port_index, Control, Meta, RuleValue, ServiceCounters, ServiceName, ServicePolicy,
+    V4KeyData, V6KeyData, CONTROL_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_VERSION, MAX_SERVICES,
+    META_MAGIC, META_MAP, PORTS_MAP, PORTS_PER_SLOT, PROGRAM_NAME, SERVICES_MAP, SERVICE_NAMES_MAP,
+    SLOTS, TAG_BITS, V4_MAP, V6_MAP,
 };
 
 use crate::{apply::PolicyMaps, config::XdpModeSetting, policy::SlotState};
@@ -574,9 +574,3 @@ pub fn read_service_names(
 pub fn open_events(pin_dir: &Path) -> anyhow::Result<RingBuf<MapData>> {
     open_map(pin_dir, EVENTS_MAP)
 }
-
-/// Names of the maps `status` reads, re-exported for it.
-pub const STATUS_MAPS: [&str; 3] = [COUNTERS_MAP, REASONS_MAP, EVENT_STATS_MAP];
-
-/// Per-CPU limiter state, exposed for tests.
-pub type LimiterMap = PerCpuArray<MapData, EventLimiter>;

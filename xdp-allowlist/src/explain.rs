@@ -8,9 +8,8 @@ use aya::maps::{lpm_trie::Key, Array, LpmTrie, MapData};
 use ipnet::IpNet;
 use serde::Serialize;
 use xdp_allowlist_common::{
-    key_tag, port_index, Control, RuleValue, ServicePolicy, V4KeyData, V6KeyData, CONTROL_MAP,
-    MAX_SERVICES, PORTS_MAP, SERVICES_MAP, SERVICE_MONITOR, SERVICE_NAMES_MAP, TAG_BITS, V4_MAP,
-    V6_MAP,
+    key_tag, port_index, Control, RuleValue, V4KeyData, V6KeyData, CONTROL_MAP, MAX_SERVICES,
+    PORTS_MAP, PORT_MONITOR, PORT_SERVICE_MASK, SERVICE_NAMES_MAP, TAG_BITS, V4_MAP, V6_MAP,
 };
 
 use crate::{
@@ -142,7 +141,8 @@ pub fn ask_kernel(
     let control = control.get(&0, 0)?;
     let slot = control.active_slot & 1;
     let ports: Array<MapData, u32> = bpf::open_map(pin_dir, PORTS_MAP)?;
-    let service = ports.get(&port_index(slot, protocol.index(), port), 0)?;
+    let entry = ports.get(&port_index(slot, protocol.index(), port), 0)?;
+    let service = entry & PORT_SERVICE_MASK;
     if service == 0 || service >= MAX_SERVICES {
         return Ok(KernelAnswer {
             generation: control.generation,
@@ -177,8 +177,7 @@ pub fn ask_kernel(
             trie.get(&key, 0).is_ok()
         }
     };
-    let policies: Array<MapData, ServicePolicy> = bpf::open_map(pin_dir, SERVICES_MAP)?;
-    let monitor = policies.get(&(slot * MAX_SERVICES + service), 0)?.flags & SERVICE_MONITOR != 0;
+    let monitor = entry & PORT_MONITOR != 0;
     let verdict = match (allowed, monitor) {
         (true, _) => Verdict::Pass,
         (false, true) => Verdict::WouldDrop,

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use xdp_allowlist_common::{MAX_SERVICES, SERVICE_MONITOR};
+use xdp_allowlist_common::{MAX_SERVICES, PORT_MONITOR, SERVICE_MONITOR};
 
 use crate::config::{Config, ServiceMode, TunnelPolicy};
 
@@ -19,7 +19,9 @@ pub const UNION_SERVICE: u32 = 0;
 /// The content of one slot: exactly what the kernel judges against.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotState {
-    /// (protocol index, port) to service id; absent means unprotected.
+    /// (protocol index, port) to the kernel's port entry: the service id,
+    /// with `PORT_MONITOR` for a service in monitor mode; absent means
+    /// unprotected.
     pub ports: BTreeMap<(u32, u16), u32>,
     /// Service id to `SERVICE_*` flags; absent means 0.
     pub service_flags: BTreeMap<u32, u32>,
@@ -46,9 +48,14 @@ impl SlotState {
         let mut state = SlotState::default();
         for (name, service) in &config.services {
             let Some(&id) = ids.get(name) else { continue };
+            // The kernel reads the mode from the port entry itself.
+            let entry = match service.mode {
+                ServiceMode::Monitor => id | PORT_MONITOR,
+                ServiceMode::Enforce => id,
+            };
             for range in &service.ports {
                 for port in range.ports() {
-                    state.ports.insert((range.protocol.index(), port), id);
+                    state.ports.insert((range.protocol.index(), port), entry);
                 }
             }
             if service.mode == ServiceMode::Monitor {

@@ -6,9 +6,8 @@ use std::{collections::BTreeMap, path::Path};
 use aya::maps::{Array, MapData, PerCpuArray};
 use serde::Serialize;
 use xdp_allowlist_common::{
-    Control, Reason, ServiceCounters, ServiceName, CONTROL_MAP, COUNTERS_MAP, EVENT_STATS_MAP,
-    EVENT_STAT_RATE_LIMITED, EVENT_STAT_RING_FULL, EVENT_STAT_SENT, MAX_SERVICES, REASONS_MAP,
-    SERVICES_MAP, SERVICE_MONITOR, SERVICE_NAMES_MAP,
+    Control, EventLimiter, Reason, ServiceCounters, ServiceName, CONTROL_MAP, COUNTERS_MAP,
+    EVENT_LIMITER_MAP, MAX_SERVICES, REASONS_MAP, SERVICES_MAP, SERVICE_MONITOR, SERVICE_NAMES_MAP,
 };
 
 use crate::bpf::{self, Attachment};
@@ -60,7 +59,7 @@ pub fn read(pin_dir: &Path) -> anyhow::Result<Status> {
         bpf::open_map(pin_dir, SERVICES_MAP)?;
     let counters: PerCpuArray<MapData, ServiceCounters> = bpf::open_map(pin_dir, COUNTERS_MAP)?;
     let reasons: PerCpuArray<MapData, u64> = bpf::open_map(pin_dir, REASONS_MAP)?;
-    let event_stats: PerCpuArray<MapData, u64> = bpf::open_map(pin_dir, EVENT_STATS_MAP)?;
+    let limiter: PerCpuArray<MapData, EventLimiter> = bpf::open_map(pin_dir, EVENT_LIMITER_MAP)?;
 
     let slot = control.active_slot & 1;
     let mut services = BTreeMap::new();
@@ -91,12 +90,12 @@ pub fn read(pin_dir: &Path) -> anyhow::Result<Status> {
         let total: u64 = reasons.get(&(reason as u32), 0)?.iter().sum();
         reason_totals.insert(reason.name(), total);
     }
-    let sum = |index: u32| -> anyhow::Result<u64> { Ok(event_stats.get(&index, 0)?.iter().sum()) };
-    let events = EventStatus {
-        sent: sum(EVENT_STAT_SENT)?,
-        rate_limited: sum(EVENT_STAT_RATE_LIMITED)?,
-        ring_full: sum(EVENT_STAT_RING_FULL)?,
-    };
+    let mut events = EventStatus::default();
+    for cpu in limiter.get(&0, 0)?.iter() {
+        events.sent += cpu.sent;
+        events.rate_limited += cpu.rate_limited;
+        events.ring_full += cpu.ring_full;
+    }
 
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),

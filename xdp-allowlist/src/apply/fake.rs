@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use xdp_allowlist_common::{Control, SERVICE_MONITOR};
+use xdp_allowlist_common::{Control, PORT_MONITOR, PORT_SERVICE_MASK};
 
 use super::PolicyMaps;
 use crate::policy::SlotState;
@@ -50,9 +50,10 @@ impl FakeMaps {
     /// Judges a packet against the active slot, as the kernel would.
     pub fn judge(&self, proto_idx: u32, port: u16, source: IpAddr) -> FakeVerdict {
         let slot = &self.slots[(self.control.active_slot & 1) as usize];
-        let Some(&service) = slot.ports.get(&(proto_idx, port)) else {
+        let Some(&entry) = slot.ports.get(&(proto_idx, port)) else {
             return FakeVerdict::Unprotected;
         };
+        let service = entry & PORT_SERVICE_MASK;
         let allowed = match source {
             IpAddr::V4(addr) => slot
                 .v4
@@ -65,7 +66,7 @@ impl FakeMaps {
         };
         if allowed {
             FakeVerdict::Pass
-        } else if slot.service_flags.get(&service).copied().unwrap_or(0) & SERVICE_MONITOR != 0 {
+        } else if entry & PORT_MONITOR != 0 {
             FakeVerdict::WouldDrop
         } else {
             FakeVerdict::Drop

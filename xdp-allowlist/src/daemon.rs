@@ -151,6 +151,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // to an interface that is deleted and created again.
     let mut program = loaded.program;
 
+    if let Some(listen) = config.metrics_listen {
+        crate::metrics::serve(listen, &options.pin_dir)?;
+    }
+
     let names = Arc::new(Mutex::new(invert(applier.ids())));
     let events = bpf::open_events(&options.pin_dir)?;
     let events_task = tokio::spawn(stream_events(events, Arc::clone(&names)));

@@ -17,6 +17,7 @@ pub mod explain;
 pub mod features;
 pub mod guard;
 pub mod import;
+pub mod metrics;
 pub mod policy;
 pub mod reference;
 pub mod status;

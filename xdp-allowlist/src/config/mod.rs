@@ -39,6 +39,8 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     /// Where the audit log goes; `None` when switched off (`audit_log = ""`).
     pub audit_log: Option<PathBuf>,
+    /// Address of the Prometheus endpoint; off unless set.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `xdp_mode`: native (driver) XDP, generic (skb) XDP, or native with a

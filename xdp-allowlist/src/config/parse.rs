@@ -24,6 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "capacity",
     "events_per_second",
     "audit_log",
+    "metrics_listen",
     "services",
 ];
 const SERVICE_KEYS: &[&str] = &["ports", "allow", "mode"];
@@ -156,6 +157,19 @@ impl Walker {
             )
             .unwrap_or(DEFAULT_EVENTS_PER_SECOND);
         let services = self.services(root.get("services"));
+        let metrics_listen = match root.get("metrics_listen") {
+            None => None,
+            Some(item) => match item.as_str().map(str::parse::<std::net::SocketAddr>) {
+                Some(Ok(addr)) => Some(addr),
+                _ => {
+                    self.problem(
+                        item.span(),
+                        "`metrics_listen` must be an address and port, like \"127.0.0.1:9725\"",
+                    );
+                    None
+                }
+            },
+        };
         let audit_log = match root.get("audit_log") {
             None => Some(PathBuf::from(DEFAULT_AUDIT_LOG)),
             Some(item) => match item.as_str() {
@@ -179,6 +193,7 @@ impl Walker {
             events_per_second,
             services,
             audit_log,
+            metrics_listen,
         };
         self.check_capacity(&config);
         Some(config)

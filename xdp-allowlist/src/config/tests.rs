@@ -41,7 +41,9 @@ fn the_documented_example_parses() {
         events_per_second,
         services,
         audit_log,
+        metrics_listen,
     } = loaded.config;
+    assert_eq!(metrics_listen, None);
     assert_eq!(audit_log.as_deref(), Some(Path::new(DEFAULT_AUDIT_LOG)));
     assert_eq!(interfaces, vec!["eth0".to_owned()]);
     assert_eq!(xdp_mode, XdpModeSetting::Auto);

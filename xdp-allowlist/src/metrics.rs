@@ -1,0 +1,160 @@
+//! The Prometheus endpoint (`metrics_listen`): the kernel's counters, read
+//! from the pinned maps on every scrape. Labels are service, verdict and
+//! reason; never a source address, so the series count stays bounded.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::atomic::AtomicU64,
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::status::{self, Status};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    outcome: &'static str,
+}
+
+/// Renders `status` in the Prometheus text format.
+///
+/// # Errors
+///
+/// Only if formatting fails.
+pub fn render(status: &Status) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("xdp_allowlist");
+
+    let packets = Family::<ServiceLabels, Counter<u64, AtomicU64>>::default();
+    let bytes = Family::<ServiceLabels, Counter<u64, AtomicU64>>::default();
+    for (name, s) in &status.services {
+        let label = |verdict| ServiceLabels {
+            service: name.clone(),
+            verdict,
+        };
+        packets.get_or_create(&label("passed")).inc_by(s.passed);
+        packets.get_or_create(&label("dropped")).inc_by(s.dropped);
+        packets
+            .get_or_create(&label("would_drop"))
+            .inc_by(s.would_drop);
+        bytes.get_or_create(&label("passed")).inc_by(s.passed_bytes);
+        bytes
+            .get_or_create(&label("dropped"))
+            .inc_by(s.dropped_bytes);
+    }
+    registry.register(
+        "packets",
+        "Packets to protected ports, by service and verdict",
+        packets,
+    );
+    registry.register(
+        "bytes",
+        "Transport bytes to protected ports, by service and verdict",
+        bytes,
+    );
+
+    let reasons = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
+    for (&reason, &count) in &status.reasons {
+        reasons
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(count);
+    }
+    registry.register(
+        "parser",
+        "Packets by the parser's decision (malformed, fragment, unprotected, ...)",
+        reasons,
+    );
+
+    let events = Family::<EventLabels, Counter<u64, AtomicU64>>::default();
+    events
+        .get_or_create(&EventLabels { outcome: "sent" })
+        .inc_by(status.events.sent);
+    events
+        .get_or_create(&EventLabels {
+            outcome: "rate_limited",
+        })
+        .inc_by(status.events.rate_limited);
+    events
+        .get_or_create(&EventLabels {
+            outcome: "ring_full",
+        })
+        .inc_by(status.events.ring_full);
+    registry.register(
+        "events",
+        "Drop events sent to the daemon, and those lost",
+        events,
+    );
+
+    let generation = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    generation.set(i64::try_from(status.generation).unwrap_or(i64::MAX));
+    registry.register(
+        "generation",
+        "Generation of the configuration in force",
+        generation,
+    );
+
+    let attached = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    attached.set(status.attachments.len() as i64);
+    registry.register(
+        "attached_interfaces",
+        "Interfaces the filter is attached to",
+        attached,
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// Serves `/metrics` on `listen` from a thread of its own, for as long as
+/// the process runs.
+///
+/// # Errors
+///
+/// When the address cannot be bound.
+pub fn serve(listen: SocketAddr, pin_dir: &Path) -> anyhow::Result<()> {
+    let server = tiny_http::Server::http(listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} for metrics: {e}"))?;
+    let pin_dir: PathBuf = pin_dir.to_owned();
+    std::thread::Builder::new()
+        .name("metrics".to_owned())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (code, body) = match request.url() {
+                    "/metrics" => match status::read(&pin_dir) {
+                        Ok(status) => match render(&status) {
+                            Ok(text) => (200, text),
+                            Err(err) => (500, err.to_string()),
+                        },
+                        Err(err) => (503, format!("{err:#}\n")),
+                    },
+                    _ => (404, "see /metrics\n".to_owned()),
+                };
+                let mut response = tiny_http::Response::from_string(body).with_status_code(code);
+                if let Ok(header) = tiny_http::Header::from_bytes(
+                    &b"Content-Type"[..],
+                    &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+                ) {
+                    response = response.with_header(header);
+                }
+                let _ = request.respond(response);
+            }
+        })?;
+    tracing::info!(%listen, "serving Prometheus metrics on /metrics");
+    Ok(())
+}

@@ -17,16 +17,20 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Path of the binary under test: `XDP_ALLOWLIST_BIN` (set by
 /// `cargo xtask test`), else the workspace's debug build.
 pub fn binary() -> PathBuf {
-    if let Ok(path) = std::env::var("XDP_ALLOWLIST_BIN") {
-        return PathBuf::from(path);
-    }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xdp-allowlist");
+    let path = binary_path();
     assert!(
         path.exists(),
         "{} is missing: build it first (`cargo build -p xdp-allowlist`) or run `cargo xtask test`",
         path.display()
     );
     path
+}
+
+fn binary_path() -> PathBuf {
+    match std::env::var("XDP_ALLOWLIST_BIN") {
+        Ok(path) => std::path::absolute(&path).unwrap_or_else(|_| PathBuf::from(path)),
+        Err(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xdp-allowlist"),
+    }
 }
 
 /// A configuration file and pin directory of a test's own.
@@ -180,6 +184,12 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        let _ = self.instance.cli(&["detach"]);
+        // Never panic here: a panic while unwinding aborts the test run and
+        // skips every other cleanup.
+        let _ = Command::new(binary_path())
+            .arg("--pin-dir")
+            .arg(&self.instance.pin_dir)
+            .arg("detach")
+            .output();
     }
 }

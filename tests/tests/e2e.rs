@@ -535,3 +535,184 @@ fn the_watch_survives_renames_and_configmap_symlink_swaps() {
         "a rename inside the data directory is applied too (watch or poll)"
     );
 }
+
+#[test]
+fn jumbo_frames_get_generic_xdp_or_a_clear_refusal() {
+    let pair = Pair::new(&[]);
+    // veth needs multi-buffer XDP once its peer's MTU exceeds a page.
+    for (ns, ifname) in [
+        (&pair.server, &pair.server_if),
+        (&pair.client, &pair.client_if),
+    ] {
+        xdp_allowlist_tests::netns::sh(
+            std::process::Command::new("ip").args(["-n", ns, "link", "set", ifname, "mtu", "9000"]),
+        );
+    }
+
+    // Asked for native XDP, the daemon refuses and says why.
+    let instance = Instance::new(&format!(
+        "interfaces = [\"{}\"]\nxdp_mode = \"native\"\n{ADMIN_ONLY}",
+        pair.server_if
+    ));
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", pair.server))
+        .arg(xdp_allowlist_tests::daemon::binary())
+        .arg("--config")
+        .arg(&instance.config)
+        .arg("--pin-dir")
+        .arg(&instance.pin_dir)
+        .arg("run")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MTU is 9000") && stderr.contains("multi-buffer"),
+        "{stderr}"
+    );
+    let _ = instance.cli(&["detach"]);
+
+    // In auto mode it falls back to generic XDP, which sees whole frames.
+    pair.serve_tcp(8443);
+    let daemon = Daemon::start(&pair, ADMIN_ONLY);
+    assert_eq!(daemon.instance.status()["attachments"][0]["mode"], "skb");
+    assert!(!pair.tcp_connects(CLIENT_V4, SERVER_V4, 8443, SHORT));
+}
+
+#[test]
+fn an_edit_over_ssh_that_would_lock_the_caller_out_is_refused() {
+    let instance = Instance::new(
+        "[services.ssh]\nports = [\"tcp/22\"]\nallow = [\"203.0.113.0/24\", \"198.51.100.0/24\"]\n",
+    );
+    let before = fs::read_to_string(&instance.config).unwrap_or_default();
+    let run = |args: &[&str]| {
+        std::process::Command::new(xdp_allowlist_tests::daemon::binary())
+            .arg("--config")
+            .arg(&instance.config)
+            .args(args)
+            .env("SSH_CONNECTION", "203.0.113.50 50022 198.51.100.1 22")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let out = run(&["allow", "remove", "ssh", "203.0.113.0/24"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lock yourself out"));
+    assert_eq!(
+        fs::read_to_string(&instance.config).unwrap_or_default(),
+        before
+    );
+
+    let candidate = instance.dir.path().join("candidate.toml");
+    fs::write(&candidate, before.replace("\"203.0.113.0/24\", ", ""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = run(&["apply", &candidate.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "apply runs the same check");
+    assert_eq!(
+        fs::read_to_string(&instance.config).unwrap_or_default(),
+        before
+    );
+
+    let out = run(&["allow", "remove", "ssh", "203.0.113.0/24", "--force"]);
+    assert_success(&out, "forced");
+}
+
+#[test]
+fn allow_import_loads_a_provider_list_and_refuses_a_truncated_one() {
+    let instance =
+        Instance::new("[services.hooks]\nports = [\"tcp/9000\"]\nallow = [\"203.0.113.9\"]\n");
+    let meta = instance.dir.path().join("meta.json");
+    fs::write(
+        &meta,
+        r#"{"hooks": ["198.51.100.0/26", "198.51.100.64/26", "198.51.100.128/26", "2001:db8:77::/48"], "web": ["203.0.113.0/24"]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let path = meta.display().to_string();
+    let out = instance.cli(&[
+        "allow", "import", "hooks", &path, "--format", "github", "--key", "hooks",
+    ]);
+    assert_success(&out, "import");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("+ 198.51.100.0/26") && stdout.contains("4 added"),
+        "{stdout}"
+    );
+
+    fs::write(&meta, r#"{"hooks": ["198.51.100.0/26"]}"#).unwrap_or_else(|e| panic!("{e}"));
+    let out = instance.cli(&[
+        "allow", "import", "hooks", &path, "--format", "github", "--key", "hooks",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a list shrunk by more than half is refused"
+    );
+
+    let list = instance.cli(&["allow", "list", "hooks", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap_or_default();
+    let entries = list["hooks"]["allow"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        entries.len(),
+        5,
+        "the manual entry and the 4 imported: {list}"
+    );
+    assert!(entries[1]["note"]
+        .as_str()
+        .unwrap_or("")
+        .contains("imported from meta.json"));
+}
+
+#[test]
+fn the_metrics_endpoint_counts_the_traffic_sent() {
+    use std::io::{Read as _, Write as _};
+
+    let pair = Pair::new(&[]);
+    let daemon = Daemon::start(
+        &pair,
+        "metrics_listen = \"127.0.0.1:9725\"\n[services.dns]\nports = [\"udp/5353\"]\nallow = [\"203.0.113.0/24\"]\n",
+    );
+    assert_eq!(pair.udp_received(CLIENT_V4, SERVER_V4, 5353, 25), 0);
+
+    let scrape = || {
+        Pair::run_in(&pair.server, || {
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9725")
+                .unwrap_or_else(|e| panic!("metrics endpoint: {e}"));
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        })
+    };
+    let text = scrape();
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+    };
+    assert_eq!(
+        value("xdp_allowlist_packets_total{service=\"dns\",verdict=\"dropped\"}"),
+        25,
+        "the metrics count exactly the datagrams sent"
+    );
+    assert_eq!(
+        value("xdp_allowlist_packets_total{service=\"dns\",verdict=\"passed\"}"),
+        0
+    );
+    assert_eq!(value("xdp_allowlist_generation"), 1);
+    assert!(
+        !text.contains("198.51.100.2"),
+        "never a label per source address"
+    );
+    drop(daemon);
+}

@@ -328,9 +328,47 @@ pub fn attach(
         }
     }
     let (mode_name, err) = last_error.ok_or_else(|| anyhow!("no XDP mode to try"))?;
+    let hint = match mtu(interface) {
+        Some(mtu) if mtu > SINGLE_BUFFER_MTU => format!(
+            "; its MTU is {mtu}: frames that large arrive in several buffers, and this filter does not declare multi-buffer (XDP frags) support, so the driver refuses it. Lower the MTU to {SINGLE_BUFFER_MTU} or less, or set xdp_mode = \"skb\""
+        ),
+        _ => "; check that the interface exists (`ip link`) and no other XDP program holds it".to_owned(),
+    };
     Err(anyhow::Error::new(err).context(format!(
-        "cannot attach to `{interface}` in {mode_name} mode; check that the interface exists (`ip link`) and no other XDP program holds it"
+        "cannot attach to `{interface}` in {mode_name} mode{hint}"
     )))
+}
+
+/// The largest MTU whose frames fit one buffer for native XDP on common
+/// drivers with 4 KiB pages (page minus headroom and shared info).
+pub const SINGLE_BUFFER_MTU: u32 = 3498;
+
+/// The interface's MTU in the current network namespace (SIOCGIFMTU; sysfs
+/// may belong to another namespace, as under `nsenter --net`).
+pub fn mtu(interface: &str) -> Option<u32> {
+    use std::os::fd::AsRawFd as _;
+
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::]:0"))
+        .ok()?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.len() >= request.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the NUL-terminated name from `request` and
+    // writes the MTU into its union; the socket fd is open for the call.
+    let result = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &mut request) };
+    if result != 0 {
+        return None;
+    }
+    // SAFETY: after a successful SIOCGIFMTU the union holds `ifru_mtu`.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).ok()
 }
 
 fn encode_ifname(name: &str) -> String {

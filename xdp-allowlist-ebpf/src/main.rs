@@ -463,13 +463,7 @@ fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, s
     let budget = u64::from(control.events_per_sec);
     if limiter.sent_in_window >= budget {
         limiter.rate_limited += 1;
-        limiter.skip = if budget < 64 {
-            64
-        } else if budget > 4096 {
-            4096
-        } else {
-            budget
-        };
+        limiter.skip = budget.clamp(64, 4096);
         return;
     }
     limiter.sent_in_window += 1;

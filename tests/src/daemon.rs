@@ -66,6 +66,24 @@ impl Instance {
             .unwrap_or_else(|e| panic!("cannot run xdp-allowlist: {e}"))
     }
 
+    /// Runs `run` in the pair's server namespace for a daemon that is
+    /// expected to exit by itself (a refusal); bounded at 20 seconds, so a
+    /// daemon that wrongly starts ends the wait instead of hanging it.
+    pub fn run_expecting_exit(&self, pair: &Pair) -> Output {
+        Command::new("timeout")
+            .arg("20")
+            .arg("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", pair.server))
+            .arg(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("run")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run xdp-allowlist: {e}"))
+    }
+
     /// `status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);

@@ -554,18 +554,9 @@ fn jumbo_frames_get_generic_xdp_or_a_clear_refusal() {
         "interfaces = [\"{}\"]\nxdp_mode = \"native\"\n{ADMIN_ONLY}",
         pair.server_if
     ));
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", pair.server))
-        .arg(xdp_allowlist_tests::daemon::binary())
-        .arg("--config")
-        .arg(&instance.config)
-        .arg("--pin-dir")
-        .arg(&instance.pin_dir)
-        .arg("run")
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(out.status.code(), Some(1));
+    let out = instance.run_expecting_exit(&pair);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("MTU is 9000") && stderr.contains("multi-buffer"),
         "{stderr}"

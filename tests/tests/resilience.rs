@@ -178,18 +178,9 @@ fn pinned_maps_of_another_layout_are_refused() {
     record.layout += 1000;
     meta.set(0, record, 0).unwrap_or_else(|e| panic!("{e}"));
 
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", pair.server))
-        .arg(xdp_allowlist_tests::daemon::binary())
-        .arg("--config")
-        .arg(&daemon.instance.config)
-        .arg("--pin-dir")
-        .arg(&daemon.instance.pin_dir)
-        .arg("run")
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(out.status.code(), Some(1));
+    let out = daemon.instance.run_expecting_exit(&pair);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot be adopted") && stderr.contains("detach"),
         "{stderr}"

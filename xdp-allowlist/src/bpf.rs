@@ -165,7 +165,6 @@ pub struct Loaded {
     pub program: aya::Ebpf,
     /// True when the maps were already pinned (a restart), false when fresh.
     pub adopted_maps: bool,
-    pub capacity: u32,
 }
 
 /// Loads the kernel program, reusing pinned maps or creating and pinning new
@@ -226,7 +225,6 @@ pub fn load_and_pin(pin_dir: &Path, capacity: u32, kernel_log: bool) -> anyhow::
     Ok(Loaded {
         program,
         adopted_maps: pinned_capacity.is_some(),
-        capacity,
     })
 }
 
@@ -377,10 +375,6 @@ fn encode_ifname(name: &str) -> String {
 
 fn decode_ifname(name: &str) -> String {
     name.replace("%2e", ".").replace("%25", "%")
-}
-
-pub fn interface_exists(interface: &str) -> bool {
-    ifindex(interface).is_some()
 }
 
 /// The interface's index in this network namespace, if it exists.

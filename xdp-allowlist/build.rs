@@ -23,5 +23,22 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], Toolchain::default())
+    let toolchain_file = root_dir.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={toolchain_file}");
+    let channel = kernel_toolchain(toolchain_file.as_std_path())?;
+    aya_build::build_ebpf([package], Toolchain::Custom(&channel))
+}
+
+/// The pinned nightly from the kernel crate's `rust-toolchain.toml`.
+fn kernel_toolchain(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", path.display()))?;
+    doc.get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{} has no `toolchain.channel`", path.display()))
 }

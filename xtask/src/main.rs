@@ -178,11 +178,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 fn lint() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // The kernel crate only builds for the BPF target, with nightly.
+    // The kernel crate only builds for the BPF target, with the pinned nightly.
+    let nightly = setup::kernel_toolchain()?;
     run(Command::new("rustup")
         .args([
             "run",
-            "nightly",
+            &nightly,
             "cargo",
             "clippy",
             "--release",

@@ -50,24 +50,25 @@ pub fn setup() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
 
-    if !nightly_has_rust_src() {
-        println!("setup: installing the nightly toolchain with rust-src (the kernel crate needs build-std)");
+    let nightly = kernel_toolchain()?;
+    if !nightly_has_rust_src(&nightly) {
+        println!("setup: installing the {nightly} toolchain with rust-src (the kernel crate needs build-std; pinned in xdp-allowlist-ebpf/rust-toolchain.toml)");
         run(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &nightly,
             "--profile",
             "minimal",
             "--component",
             "rust-src",
         ]))?;
-        if !nightly_has_rust_src() {
+        if !nightly_has_rust_src(&nightly) {
             run(Command::new("rustup").args([
                 "component",
                 "add",
                 "rust-src",
                 "--toolchain",
-                "nightly",
+                &nightly,
             ]))?;
         }
     }
@@ -151,9 +152,27 @@ fn deb_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn nightly_has_rust_src() -> bool {
+/// The nightly the kernel crate is built with, from its `rust-toolchain.toml`
+/// (the same file `xdp-allowlist/build.rs` reads).
+pub fn kernel_toolchain() -> anyhow::Result<String> {
+    let path = workspace_root()
+        .join("xdp-allowlist-ebpf")
+        .join("rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", path.display()))?;
+    doc.get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("{} has no `toolchain.channel`", path.display()))
+}
+
+fn nightly_has_rust_src(toolchain: &str) -> bool {
     Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .args(["component", "list", "--toolchain", toolchain, "--installed"])
         .output()
         .map(|out| {
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src")

@@ -29,6 +29,12 @@ pub static EBPF_OBJECT: &[u8] =
 /// A program that drops every packet: the floor benchmarks compare against.
 pub static DROP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-drop"));
 
+/// The filter behind a naive parser (fixed header sizes, no tags, options or
+/// extension headers): only the benchmark loads it, to measure what the
+/// hardened parser costs. It lets every crafted shape through; never attach it.
+pub static NAIVE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-naive"));
+
 /// A mistake in what the user asked for or wrote: exit code 2, nothing changed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -1,0 +1,325 @@
+//! What both builds of the program share once the headers are parsed: the
+//! maps, bounded packet reads, and the policy that judges a (source,
+//! protocol, port) triple. `main.rs` is the hardened parser in front of it;
+//! `naive.rs` is a deliberately naive parser used only by the benchmark that
+//! measures what the hardening costs.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use xdp_allowlist_common::{
+    key_tag, port_index, proto_index, Control, DropEvent, EventLimiter, Meta, Reason, RuleValue,
+    ServiceCounters, ServiceName, ServicePolicy, V4KeyData, V6KeyData, CONTROL_EVENTS_OFF,
+    CONTROL_TUNNEL_DROP, DEFAULT_CAPACITY, EVENTS_RING_BYTES, EVENT_DROP, EVENT_WOULD_DROP,
+    FAMILY_V4, FAMILY_V6, MAX_SERVICES, PORTS_PER_SLOT, PORT_MONITOR, PORT_SERVICE_MASK,
+    REASON_COUNT, SLOTS, TAG_BITS,
+};
+
+// One trie per address family, shared by all services and both slots: the
+// key starts with a 32-bit tag (slot, service), so one lookup answers "is this
+// source allowed for this service in this generation". A trie per service
+// would need a map-in-map indirection per packet and a fixed service count
+// baked into the program; the tag costs four bytes of key and nothing else.
+#[map]
+static ALLOW_V4: LpmTrie<V4KeyData, RuleValue> = LpmTrie::pinned(SLOTS * DEFAULT_CAPACITY, 0);
+
+#[map]
+static ALLOW_V6: LpmTrie<V6KeyData, RuleValue> = LpmTrie::pinned(SLOTS * DEFAULT_CAPACITY, 0);
+
+/// (slot, protocol, port) to service id; an array lookup the verifier inlines.
+#[map]
+static PORTS: Array<u32> = Array::pinned(SLOTS * PORTS_PER_SLOT, 0);
+
+#[map]
+static CONTROL: Array<Control> = Array::pinned(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+#[map]
+static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_COUNT, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
+
+#[map]
+static EVENT_LIMITER: PerCpuArray<EventLimiter> = PerCpuArray::pinned(1, 0);
+
+// SERVICES (modes, for `status`), META and SERVICE_NAMES are read and written
+// by the daemon only; declared here so that they are pinned with the rest and
+// their layout is part of the object.
+#[map]
+static SERVICES: Array<ServicePolicy> = Array::pinned(SLOTS * MAX_SERVICES, 0);
+
+#[map]
+static META: Array<Meta> = Array::pinned(1, 0);
+
+#[map]
+static SERVICE_NAMES: Array<ServiceName> = Array::pinned(MAX_SERVICES, 0);
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const IPPROTO_GRE: u8 = 47;
+const IPPROTO_ESP: u8 = 50;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// Events one CPU may send per second when the daemon set no rate.
+const ONE_SECOND_NS: u64 = 1_000_000_000;
+
+/// Bounds of the packet: every read goes through [`Packet::read`].
+pub struct Packet {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Packet {
+    /// Copies a `T` from `offset`, or `None` when it does not fit before
+    /// `limit` (an offset from `start`, never past the frame).
+    ///
+    /// The check against `data_end` comes first and on the pointer itself:
+    /// that is the form the verifier tracks, and LLVM may drop whichever of
+    /// two equivalent checks comes second.
+    #[inline(always)]
+    pub fn read<T: Copy>(&self, offset: usize, limit: usize) -> Option<T> {
+        let size = core::mem::size_of::<T>();
+        let ptr = self.start + offset;
+        if ptr + size > self.end {
+            return None;
+        }
+        if offset + size > limit {
+            return None;
+        }
+        // SAFETY: `ptr..ptr + size` lies inside the packet (checked against
+        // `data_end` just above) and `read_unaligned` needs no alignment.
+        Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// The source address, as the trie and events want it.
+#[derive(Clone, Copy)]
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// A port-carrying header too short to hold its ports.
+#[inline(always)]
+pub fn short_l4(first_fragment: bool) -> u32 {
+    if first_fragment {
+        drop(Reason::ShortFragment)
+    } else {
+        drop(Reason::Malformed)
+    }
+}
+
+#[inline(always)]
+pub fn transport(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    source: Source,
+    proto: u8,
+    l4: usize,
+    l3_end: usize,
+    first_fragment: bool,
+) -> u32 {
+    let Some(control) = CONTROL.get(0) else {
+        return pass(Reason::OtherProtocol);
+    };
+    let slot = control.active_slot & 1;
+
+    let Some(proto_idx) = proto_index(proto) else {
+        return match proto {
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => pass(Reason::Icmp),
+            IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE | IPPROTO_ESP => {
+                tunnel(control, slot, source)
+            }
+            _ => pass(Reason::OtherProtocol),
+        };
+    };
+
+    // TCP, UDP and SCTP all start with the source then destination port.
+    let Some(ports) = pkt.read::<[u8; 4]>(l4, l3_end) else {
+        return short_l4(first_fragment);
+    };
+    let port = u16::from_be_bytes([ports[2], ports[3]]);
+
+    let entry = match PORTS.get(port_index(slot, proto_idx, port)) {
+        Some(&entry) => entry,
+        None => 0,
+    };
+    let service = entry & PORT_SERVICE_MASK;
+    if service == 0 || service >= MAX_SERVICES {
+        return pass(Reason::Unprotected);
+    }
+    let bytes = (l3_end - l4) as u64;
+
+    if is_allowed(slot, service, source) {
+        count_service(service, |c| {
+            c.passed += 1;
+            c.passed_bytes += bytes;
+        });
+        return XDP_PASS;
+    }
+
+    if entry & PORT_MONITOR != 0 {
+        count_service(service, |c| c.would_drop += 1);
+        send_event(control, EVENT_WOULD_DROP, service, proto, port, source);
+        return XDP_PASS;
+    }
+
+    count_service(service, |c| {
+        c.dropped += 1;
+        c.dropped_bytes += bytes;
+    });
+    send_event(control, EVENT_DROP, service, proto, port, source);
+    aya_log_ebpf::debug!(
+        ctx,
+        "drop proto={} port={} service={}",
+        proto,
+        port,
+        service
+    );
+    XDP_DROP
+}
+
+/// Is `source` in `service`'s allowlist in `slot`?
+#[inline(always)]
+fn is_allowed(slot: u32, service: u32, source: Source) -> bool {
+    let tag = key_tag(slot, service);
+    match source {
+        Source::V4(addr) => {
+            let key = Key::new(TAG_BITS + 32, V4KeyData { tag, addr });
+            ALLOW_V4.get(&key).is_some()
+        }
+        Source::V6(addr) => {
+            if is_v4_embedded(&addr) {
+                // `::ffff:a.b.c.d` and `::a.b.c.d` reach IPv4-mapped sockets;
+                // no entry ever admits them (the configuration refuses such
+                // CIDRs, and an IPv4 entry lives in the other trie).
+                count_reason(Reason::MappedSource);
+                return false;
+            }
+            let key = Key::new(TAG_BITS + 128, V6KeyData { tag, addr });
+            ALLOW_V6.get(&key).is_some()
+        }
+    }
+}
+
+/// `::ffff:0:0/96` (IPv4-mapped) or `::/96` (IPv4-compatible, deprecated).
+#[inline(always)]
+fn is_v4_embedded(addr: &[u8; 16]) -> bool {
+    let head = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let mid = u32::from_be_bytes([addr[8], addr[9], addr[10], addr[11]]);
+    head == 0 && (mid == 0xffff || mid == 0)
+}
+
+/// Tunnels and ESP carry no ports the filter can see. Service 0 of the active
+/// slot holds the union of every allowlist when the policy is "drop".
+#[inline(always)]
+fn tunnel(control: &Control, slot: u32, source: Source) -> u32 {
+    if control.flags & CONTROL_TUNNEL_DROP == 0 || is_allowed(slot, 0, source) {
+        pass(Reason::TunnelPassed)
+    } else {
+        drop(Reason::TunnelDropped)
+    }
+}
+
+#[inline(always)]
+fn count_reason(reason: Reason) {
+    if let Some(counter) = REASONS.get_ptr_mut(reason as u32) {
+        // SAFETY: the pointer comes from a per-CPU array lookup and points at
+        // this CPU's u64; XDP programs do not migrate between CPUs mid-run.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn pass(reason: Reason) -> u32 {
+    count_reason(reason);
+    XDP_PASS
+}
+
+#[inline(always)]
+pub fn drop(reason: Reason) -> u32 {
+    count_reason(reason);
+    XDP_DROP
+}
+
+#[inline(always)]
+fn count_service(service: u32, update: impl FnOnce(&mut ServiceCounters)) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(service) {
+        // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
+        update(unsafe { &mut *counters });
+    }
+}
+
+/// Sends a drop event unless this CPU already sent its share this second.
+/// Under a flood most drops are only counted: an event per packet would cost
+/// several times the drop itself. Once the budget is spent, the clock is read
+/// again only every `skip` drops, so a limited drop costs one per-CPU lookup.
+#[inline(always)]
+fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, source: Source) {
+    if control.flags & CONTROL_EVENTS_OFF != 0 {
+        return;
+    }
+    let Some(limiter) = EVENT_LIMITER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
+    let limiter = unsafe { &mut *limiter };
+    if limiter.skip > 0 {
+        limiter.skip -= 1;
+        limiter.rate_limited += 1;
+        return;
+    }
+    // SAFETY: a helper without preconditions (Linux 5.11+); the coarse clock
+    // is cheaper and a tick's precision is plenty for a one-second window.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(limiter.window_start_ns) >= ONE_SECOND_NS {
+        limiter.window_start_ns = now;
+        limiter.sent_in_window = 0;
+    }
+    let budget = u64::from(control.events_per_sec);
+    if limiter.sent_in_window >= budget {
+        limiter.rate_limited += 1;
+        limiter.skip = budget.clamp(64, 4096);
+        return;
+    }
+    limiter.sent_in_window += 1;
+
+    let (family, addr) = match source {
+        Source::V4(a) => (
+            FAMILY_V4,
+            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        Source::V6(a) => (FAMILY_V6, a),
+    };
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        limiter.ring_full += 1;
+        return;
+    };
+    entry.write(DropEvent {
+        ts_ns: now,
+        service,
+        port,
+        proto,
+        family,
+        kind,
+        _pad: [0; 7],
+        addr,
+    });
+    entry.submit(0);
+    limiter.sent += 1;
+}

@@ -21,7 +21,8 @@ use xdp_allowlist::{
     config::{self, Config},
 };
 use xdp_allowlist_common::{
-    Reason, ServiceCounters, COUNTERS_MAP, PROGRAM_NAME, REASONS_MAP, REASON_COUNT,
+    counter_index, Reason, ServiceCounters, COUNTERS_MAP, PORT_PROTOCOLS, PROGRAM_NAME,
+    REASONS_MAP, REASON_COUNT,
 };
 
 /// `XDP_DROP`.
@@ -201,12 +202,15 @@ impl Fixture {
     /// The counters of service `name`, summed over CPUs.
     pub fn service_counters(&self, name: &str) -> ServiceCounters {
         let id = self.service_id(name);
-        let values = self
-            .counters
-            .get(&id, 0)
-            .unwrap_or_else(|e| panic!("reading the counters of `{name}`: {e}"));
-        values
-            .iter()
+        (0..PORT_PROTOCOLS)
+            .flat_map(|proto_idx| {
+                self.counters
+                    .get(&counter_index(id, proto_idx), 0)
+                    .unwrap_or_else(|e| panic!("reading the counters of `{name}`: {e}"))
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
             .fold(ServiceCounters::default(), |mut sum, c| {
                 sum.passed += c.passed;
                 sum.passed_bytes += c.passed_bytes;

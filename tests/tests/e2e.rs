@@ -692,12 +692,12 @@ fn the_metrics_endpoint_counts_the_traffic_sent() {
             .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
     };
     assert_eq!(
-        value("xdp_allowlist_packets_total{service=\"dns\",verdict=\"dropped\"}"),
+        value("xdp_allowlist_packets_total{service=\"dns\",protocol=\"udp\",verdict=\"dropped\"}"),
         25,
         "the metrics count exactly the datagrams sent"
     );
     assert_eq!(
-        value("xdp_allowlist_packets_total{service=\"dns\",verdict=\"passed\"}"),
+        value("xdp_allowlist_packets_total{service=\"dns\",protocol=\"udp\",verdict=\"passed\"}"),
         0
     );
     assert_eq!(value("xdp_allowlist_generation"), 1);

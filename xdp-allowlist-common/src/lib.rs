@@ -19,7 +19,7 @@ use core::mem::size_of;
 
 /// Bumped whenever the layout of a pinned map changes. A daemon refuses to
 /// adopt pinned maps that carry another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Written into [`Meta::magic`] so that a stray map of the same name is not
 /// mistaken for ours.
@@ -109,6 +109,9 @@ pub struct RuleValue {
 pub const CONTROL_TUNNEL_DROP: u32 = 1 << 0;
 /// Drop events are not sent at all (counters still run).
 pub const CONTROL_EVENTS_OFF: u32 = 1 << 1;
+/// Per-source accounting in [`SOURCES_MAP`] is off (and with it every
+/// source event). Only the benchmark sets it, to measure what tracking costs.
+pub const CONTROL_TRACKING_OFF: u32 = 1 << 2;
 
 /// The single entry of [`CONTROL_MAP`].
 #[repr(C)]
@@ -120,8 +123,14 @@ pub struct Control {
     pub flags: u32,
     /// Generation number of the configuration in the active slot.
     pub generation: u64,
-    /// Most drop events one CPU may send per second (0: none).
+    /// Most events one CPU may send per second (0: none).
     pub events_per_sec: u32,
+    /// Least time between two events about the same source (milliseconds).
+    pub summary_interval_ms: u32,
+    /// Most sources one CPU starts tracking per second; past it a new source
+    /// is only counted in [`EventLimiter::untracked`], so a flood of spoofed
+    /// sources cannot turn every drop into a map insertion.
+    pub new_sources_per_sec: u32,
     pub _pad: u32,
 }
 
@@ -136,7 +145,18 @@ pub struct ServicePolicy {
     pub flags: u32,
 }
 
-/// Per-CPU counters of one service, in [`COUNTERS_MAP`] at the service id.
+/// Entries of [`COUNTERS_MAP`]: one per service and protocol.
+pub const COUNTER_ENTRIES: u32 = MAX_SERVICES * PORT_PROTOCOLS;
+
+/// Index into [`COUNTERS_MAP`] of a service's counters for one protocol
+/// (`proto_index`).
+#[inline(always)]
+pub const fn counter_index(service: u32, proto_idx: u32) -> u32 {
+    service * PORT_PROTOCOLS + proto_idx
+}
+
+/// Per-CPU counters of one service and protocol, in [`COUNTERS_MAP`] at
+/// [`counter_index`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceCounters {
@@ -237,30 +257,104 @@ pub struct EventLimiter {
     pub rate_limited: u64,
     /// Events not sent because the ring buffer was full.
     pub ring_full: u64,
+    /// Start of the current one-second window of the new-source budget.
+    pub track_window_start_ns: u64,
+    pub tracked_in_window: u64,
+    /// Drops from sources not tracked because the new-source budget was spent.
+    pub untracked: u64,
+    pub _reserved: u64,
 }
 
-/// What a [`DropEvent`] reports.
+/// What a [`SourceEvent`] (and a [`SourceKey`]) is about.
 pub const EVENT_DROP: u8 = 1;
+/// Refused by a service in monitor mode: counted, then passed.
 pub const EVENT_WOULD_DROP: u8 = 2;
+/// An allowed source opened a connection (TCP SYN) or sent a datagram to a
+/// protected port.
+pub const EVENT_ACCESS: u8 = 3;
+
+/// Why a [`SourceEvent`] was sent.
+/// The first packet of this kind from the source (on this CPU).
+pub const WHY_FIRST: u8 = 1;
+/// The source touched a port it had not touched before.
+pub const WHY_NEW_PORT: u8 = 2;
+/// The interval since the last event about the source passed.
+pub const WHY_SUMMARY: u8 = 3;
 
 /// Address families in events.
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// One record in [`EVENTS_MAP`]: a packet from `addr` to a protected port
-/// was dropped (or would have been, in monitor mode).
+/// Distinct ports remembered per source.
+pub const SOURCE_PORTS: usize = 8;
+
+/// Key of [`SOURCES_MAP`]: one entry per service, kind and source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceKey {
+    pub service: u16,
+    /// `EVENT_DROP`, `EVENT_WOULD_DROP` or `EVENT_ACCESS`.
+    pub kind: u8,
+    pub family: u8,
+    /// IPv4 sources use the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// Per-CPU value of [`SOURCES_MAP`]: what one CPU saw from one source.
+/// Times are `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct DropEvent {
+pub struct SourceStats {
+    /// Packets (for `EVENT_ACCESS` on TCP: connection attempts, SYNs).
+    pub packets: u64,
+    /// Bytes of transport header and payload.
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// When the last event about this source was sent (0: never).
+    pub last_event_ns: u64,
+    /// `packets` and `bytes` when that event was sent: the next summary
+    /// reports what came since.
+    pub reported_packets: u64,
+    pub reported_bytes: u64,
+    /// Distinct destination ports, in the order first touched.
+    pub ports: [u16; SOURCE_PORTS],
+    /// How many of `ports` are used.
+    pub port_count: u16,
+    /// Packets to a port not in `ports` once it was full (saturating).
+    pub other_port_packets: u16,
+    /// Protocol of the last packet.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One record in [`EVENTS_MAP`], sent only when it carries news: the first
+/// packet from a source, a port it had not touched, or a summary once per
+/// interval of what came since the previous record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceEvent {
     pub ts_ns: u64,
+    pub first_seen_ns: u64,
+    /// Packets and bytes since the previous event about this source.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Totals since first seen (on this CPU).
+    pub total_packets: u64,
     pub service: u32,
+    /// Port of the packet that triggered the event.
     pub port: u16,
     pub proto: u8,
     pub family: u8,
+    /// `EVENT_*`.
     pub kind: u8,
-    pub _pad: [u8; 7],
-    /// IPv4 sources use the first four bytes.
+    /// `WHY_*`.
+    pub why: u8,
+    pub port_count: u16,
+    pub other_port_packets: u16,
+    pub _pad: [u8; 2],
     pub addr: [u8; 16],
+    pub ports: [u16; SOURCE_PORTS],
 }
 
 /// The single entry of [`META_MAP`], written by the daemon that created the
@@ -303,6 +397,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const EVENT_LIMITER_MAP: &str = "EVENT_LIMITER";
 pub const META_MAP: &str = "META";
 pub const SERVICE_NAMES_MAP: &str = "SERVICE_NAMES";
+pub const SOURCES_MAP: &str = "SOURCES";
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "xdp_allowlist";
@@ -310,14 +405,26 @@ pub const PROGRAM_NAME: &str = "xdp_allowlist";
 /// Size of the drop-event ring buffer in bytes.
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
+/// Sources tracked in [`SOURCES_MAP`] (an LRU: the least recently seen are
+/// forgotten first). Each entry holds one [`SourceStats`] per CPU.
+pub const SOURCES_CAPACITY: u32 = 16_384;
+
+/// Default least time between two events about one source.
+pub const DEFAULT_SUMMARY_INTERVAL_MS: u32 = 2_000;
+
+/// Default new sources one CPU starts tracking per second.
+pub const DEFAULT_NEW_SOURCES_PER_SEC: u32 = 20_000;
+
 const _: () = assert!(size_of::<V4KeyData>() == 8);
 const _: () = assert!(size_of::<V6KeyData>() == 20);
 const _: () = assert!(size_of::<RuleValue>() == 4);
-const _: () = assert!(size_of::<Control>() == 24);
+const _: () = assert!(size_of::<Control>() == 32);
 const _: () = assert!(size_of::<ServicePolicy>() == 4);
 const _: () = assert!(size_of::<ServiceCounters>() == 48);
-const _: () = assert!(size_of::<EventLimiter>() == 48);
-const _: () = assert!(size_of::<DropEvent>() == 40);
+const _: () = assert!(size_of::<EventLimiter>() == 80);
+const _: () = assert!(size_of::<SourceKey>() == 20);
+const _: () = assert!(size_of::<SourceStats>() == 80);
+const _: () = assert!(size_of::<SourceEvent>() == 88);
 const _: () = assert!(size_of::<Meta>() == 16);
 const _: () = assert!(size_of::<ServiceName>() == 64);
 
@@ -346,7 +453,9 @@ mod pod {
         ServicePolicy,
         ServiceCounters,
         EventLimiter,
-        DropEvent,
+        SourceKey,
+        SourceStats,
+        SourceEvent,
         Meta,
         ServiceName,
     );

@@ -8,15 +8,17 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use xdp_allowlist_common::{
-    key_tag, port_index, proto_index, Control, DropEvent, EventLimiter, Meta, Reason, RuleValue,
-    ServiceCounters, ServiceName, ServicePolicy, V4KeyData, V6KeyData, CONTROL_EVENTS_OFF,
-    CONTROL_TUNNEL_DROP, DEFAULT_CAPACITY, EVENTS_RING_BYTES, EVENT_DROP, EVENT_WOULD_DROP,
-    FAMILY_V4, FAMILY_V6, MAX_SERVICES, PORTS_PER_SLOT, PORT_MONITOR, PORT_SERVICE_MASK,
-    REASON_COUNT, SLOTS, TAG_BITS,
+    counter_index, key_tag, port_index, proto_index, Control, EventLimiter, Meta, Reason,
+    RuleValue, ServiceCounters, ServiceName, ServicePolicy, SourceEvent, SourceKey, SourceStats,
+    V4KeyData, V6KeyData, CONTROL_EVENTS_OFF, CONTROL_TRACKING_OFF, CONTROL_TUNNEL_DROP,
+    COUNTER_ENTRIES, DEFAULT_CAPACITY, EVENTS_RING_BYTES, EVENT_ACCESS, EVENT_DROP,
+    EVENT_WOULD_DROP, FAMILY_V4, FAMILY_V6, MAX_SERVICES, PORTS_PER_SLOT, PORT_MONITOR,
+    PORT_SERVICE_MASK, PROTO_TCP, REASON_COUNT, SLOTS, SOURCES_CAPACITY, SOURCE_PORTS, TAG_BITS,
+    WHY_FIRST, WHY_NEW_PORT, WHY_SUMMARY,
 };
 
 // One trie per address family, shared by all services and both slots: the
@@ -38,7 +40,7 @@ static PORTS: Array<u32> = Array::pinned(SLOTS * PORTS_PER_SLOT, 0);
 static CONTROL: Array<Control> = Array::pinned(1, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
 
 #[map]
 static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_COUNT, 0);
@@ -48,6 +50,14 @@ static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 #[map]
 static EVENT_LIMITER: PerCpuArray<EventLimiter> = PerCpuArray::pinned(1, 0);
+
+// Who was refused (or admitted to a protected port): an LRU, so a flood of
+// spoofed sources evicts old entries instead of growing anything, and per-CPU,
+// so CPUs never contend on an entry. New entries are also budgeted per CPU
+// and second (`Control::new_sources_per_sec`).
+#[map]
+static SOURCES: LruPerCpuHashMap<SourceKey, SourceStats> =
+    LruPerCpuHashMap::pinned(SOURCES_CAPACITY, 0);
 
 // SERVICES (modes, for `status`), META and SERVICE_NAMES are read and written
 // by the daemon only; declared here so that they are pinned with the rest and
@@ -68,8 +78,19 @@ const IPPROTO_GRE: u8 = 47;
 const IPPROTO_ESP: u8 = 50;
 const IPPROTO_ICMPV6: u8 = 58;
 
-/// Events one CPU may send per second when the daemon set no rate.
 const ONE_SECOND_NS: u64 = 1_000_000_000;
+
+/// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selector.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Unread bytes in the ring at which a record wakes the reader; below it
+/// records wait for the reader's own poll (a few times a second).
+const WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 8;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Bounds of the packet: every read goes through [`Packet::read`].
 pub struct Packet {
@@ -164,24 +185,40 @@ pub fn transport(
     let bytes = (l3_end - l4) as u64;
 
     if is_allowed(slot, service, source) {
-        count_service(service, |c| {
+        count_service(service, proto_idx, |c| {
             c.passed += 1;
             c.passed_bytes += bytes;
         });
+        // Access records: a TCP connection attempt (SYN without ACK), or any
+        // datagram of the other protocols (the per-source interval keeps
+        // those to one record per source and interval).
+        let new_flow = proto != PROTO_TCP
+            || matches!(pkt.read::<u8>(l4 + 13, l3_end), Some(flags) if flags & (TCP_SYN | TCP_ACK) == TCP_SYN);
+        if new_flow {
+            track(control, EVENT_ACCESS, service, proto, port, source, bytes);
+        }
         return XDP_PASS;
     }
 
     if entry & PORT_MONITOR != 0 {
-        count_service(service, |c| c.would_drop += 1);
-        send_event(control, EVENT_WOULD_DROP, service, proto, port, source);
+        count_service(service, proto_idx, |c| c.would_drop += 1);
+        track(
+            control,
+            EVENT_WOULD_DROP,
+            service,
+            proto,
+            port,
+            source,
+            bytes,
+        );
         return XDP_PASS;
     }
 
-    count_service(service, |c| {
+    count_service(service, proto_idx, |c| {
         c.dropped += 1;
         c.dropped_bytes += bytes;
     });
-    send_event(control, EVENT_DROP, service, proto, port, source);
+    track(control, EVENT_DROP, service, proto, port, source, bytes);
     aya_log_ebpf::debug!(
         ctx,
         "drop proto={} port={} service={}",
@@ -258,19 +295,155 @@ pub fn drop(reason: Reason) -> u32 {
 }
 
 #[inline(always)]
-fn count_service(service: u32, update: impl FnOnce(&mut ServiceCounters)) {
-    if let Some(counters) = COUNTERS.get_ptr_mut(service) {
+fn count_service(service: u32, proto_idx: u32, update: impl FnOnce(&mut ServiceCounters)) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(counter_index(service, proto_idx)) {
         // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
         update(unsafe { &mut *counters });
     }
 }
 
-/// Sends a drop event unless this CPU already sent its share this second.
-/// Under a flood most drops are only counted: an event per packet would cost
-/// several times the drop itself. Once the budget is spent, the clock is read
-/// again only every `skip` drops, so a limited drop costs one per-CPU lookup.
+/// Accounts a packet to its source in [`SOURCES`] and sends an event when
+/// that is news: the source's first packet, a port it had not touched, or
+/// the summary interval passed since the last event about it.
 #[inline(always)]
-fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, source: Source) {
+fn track(
+    control: &Control,
+    kind: u8,
+    service: u32,
+    proto: u8,
+    port: u16,
+    source: Source,
+    bytes: u64,
+) {
+    if control.flags & CONTROL_TRACKING_OFF != 0 {
+        return;
+    }
+    let (family, addr) = match source {
+        Source::V4(a) => (
+            FAMILY_V4,
+            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        Source::V6(a) => (FAMILY_V6, a),
+    };
+    let key = SourceKey {
+        service: service as u16,
+        kind,
+        family,
+        addr,
+    };
+    // SAFETY: a helper without preconditions (Linux 5.11+); a tick's
+    // precision is plenty for first/last seen and one-second windows.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    if let Some(stats) = SOURCES.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of an entry the lookup just returned;
+        // per-CPU, so no other CPU writes it while the program runs.
+        let stats = unsafe { &mut *stats };
+        if stats.packets == 0 {
+            // The entry was made by another CPU; this CPU's part starts now.
+            stats.first_seen_ns = now;
+        }
+        stats.packets += 1;
+        stats.bytes += bytes;
+        stats.last_seen_ns = now;
+        stats.proto = proto;
+        let new_port = remember_port(stats, port);
+        let why = if stats.packets == 1 {
+            WHY_FIRST
+        } else if new_port {
+            WHY_NEW_PORT
+        } else if now.wrapping_sub(stats.last_event_ns)
+            >= u64::from(control.summary_interval_ms) * 1_000_000
+        {
+            WHY_SUMMARY
+        } else {
+            return;
+        };
+        send_event(control, now, kind, why, service, port, family, addr, stats);
+        return;
+    }
+
+    // A source not seen (or already forgotten): start tracking it, within
+    // this CPU's budget of new sources per second.
+    let Some(limiter) = EVENT_LIMITER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
+    let limiter = unsafe { &mut *limiter };
+    if now.wrapping_sub(limiter.track_window_start_ns) >= ONE_SECOND_NS {
+        limiter.track_window_start_ns = now;
+        limiter.tracked_in_window = 0;
+    }
+    if limiter.tracked_in_window >= u64::from(control.new_sources_per_sec) {
+        limiter.untracked += 1;
+        return;
+    }
+    limiter.tracked_in_window += 1;
+
+    let mut stats = SourceStats {
+        packets: 1,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        last_event_ns: 0,
+        reported_packets: 0,
+        reported_bytes: 0,
+        ports: [0; SOURCE_PORTS],
+        port_count: 1,
+        other_port_packets: 0,
+        proto,
+        _pad: [0; 3],
+    };
+    stats.ports[0] = port;
+    send_event(
+        control, now, kind, WHY_FIRST, service, port, family, addr, &mut stats,
+    );
+    let _ = SOURCES.insert(&key, &stats, 0);
+}
+
+/// Adds `port` to the source's ports; true when it was not there yet.
+#[inline(always)]
+fn remember_port(stats: &mut SourceStats, port: u16) -> bool {
+    let count = usize::from(stats.port_count);
+    // A fixed trip count with no early exit: LLVM unrolls it into constant
+    // offsets, where a loop bounded by `count` leaves the verifier unsure.
+    let mut known = false;
+    for i in 0..SOURCE_PORTS {
+        known |= i < count && stats.ports[i] == port;
+    }
+    if known {
+        return false;
+    }
+    if count < SOURCE_PORTS {
+        stats.ports[count] = port;
+        stats.port_count += 1;
+        true
+    } else {
+        stats.other_port_packets = stats.other_port_packets.saturating_add(1);
+        false
+    }
+}
+
+/// Sends one event unless this CPU already sent its share this second.
+/// Once the budget is spent, the clock window is checked again only every
+/// `skip` attempts, so a limited event costs one per-CPU lookup. Records do
+/// not wake the reader until the ring holds [`WAKEUP_BYTES`].
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fields of one event, all used"
+)]
+fn send_event(
+    control: &Control,
+    now: u64,
+    kind: u8,
+    why: u8,
+    service: u32,
+    port: u16,
+    family: u8,
+    addr: [u8; 16],
+    stats: &mut SourceStats,
+) {
     if control.flags & CONTROL_EVENTS_OFF != 0 {
         return;
     }
@@ -284,9 +457,6 @@ fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, s
         limiter.rate_limited += 1;
         return;
     }
-    // SAFETY: a helper without preconditions (Linux 5.11+); the coarse clock
-    // is cheaper and a tick's precision is plenty for a one-second window.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if now.wrapping_sub(limiter.window_start_ns) >= ONE_SECOND_NS {
         limiter.window_start_ns = now;
         limiter.sent_in_window = 0;
@@ -299,27 +469,36 @@ fn send_event(control: &Control, kind: u8, service: u32, proto: u8, port: u16, s
     }
     limiter.sent_in_window += 1;
 
-    let (family, addr) = match source {
-        Source::V4(a) => (
-            FAMILY_V4,
-            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        ),
-        Source::V6(a) => (FAMILY_V6, a),
-    };
-    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<SourceEvent>(0) else {
         limiter.ring_full += 1;
         return;
     };
-    entry.write(DropEvent {
+    entry.write(SourceEvent {
         ts_ns: now,
+        first_seen_ns: stats.first_seen_ns,
+        packets: stats.packets - stats.reported_packets,
+        bytes: stats.bytes - stats.reported_bytes,
+        total_packets: stats.packets,
         service,
         port,
-        proto,
+        proto: stats.proto,
         family,
         kind,
-        _pad: [0; 7],
+        why,
+        port_count: stats.port_count,
+        other_port_packets: stats.other_port_packets,
+        _pad: [0; 2],
         addr,
+        ports: stats.ports,
     });
-    entry.submit(0);
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup);
     limiter.sent += 1;
+    stats.last_event_ns = now;
+    stats.reported_packets = stats.packets;
+    stats.reported_bytes = stats.bytes;
 }

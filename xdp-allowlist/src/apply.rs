@@ -15,7 +15,9 @@ use std::{
 };
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use xdp_allowlist_common::{Control, CONTROL_TUNNEL_DROP};
+use xdp_allowlist_common::{
+    Control, CONTROL_TUNNEL_DROP, DEFAULT_NEW_SOURCES_PER_SEC, DEFAULT_SUMMARY_INTERVAL_MS,
+};
 
 use crate::{
     config::{Config, TunnelPolicy},
@@ -164,7 +166,9 @@ impl<M: PolicyMaps> Applier<M> {
         let unchanged = self.slots[active] == desired
             && ids == self.ids
             && self.control.flags == flags
-            && self.control.events_per_sec == config.events_per_second;
+            && self.control.events_per_sec == config.events_per_second
+            && self.control.summary_interval_ms == DEFAULT_SUMMARY_INTERVAL_MS
+            && self.control.new_sources_per_sec == DEFAULT_NEW_SOURCES_PER_SEC;
         if unchanged {
             return Ok(ApplyReport {
                 generation: self.control.generation,
@@ -207,6 +211,8 @@ impl<M: PolicyMaps> Applier<M> {
             flags,
             generation,
             events_per_sec: config.events_per_second,
+            summary_interval_ms: DEFAULT_SUMMARY_INTERVAL_MS,
+            new_sources_per_sec: DEFAULT_NEW_SOURCES_PER_SEC,
             _pad: 0,
         };
         self.maps

@@ -33,10 +33,10 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use xdp_allowlist_common::{
-    key_tag, port_index, Control, Meta, RuleValue, ServiceCounters, ServiceName, ServicePolicy,
-    V4KeyData, V6KeyData, CONTROL_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_VERSION, MAX_SERVICES,
-    META_MAGIC, META_MAP, PORTS_MAP, PORTS_PER_SLOT, PROGRAM_NAME, SERVICES_MAP, SERVICE_NAMES_MAP,
-    SLOTS, TAG_BITS, V4_MAP, V6_MAP,
+    counter_index, key_tag, port_index, Control, Meta, RuleValue, ServiceCounters, ServiceName,
+    ServicePolicy, V4KeyData, V6KeyData, CONTROL_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_VERSION,
+    MAX_SERVICES, META_MAGIC, META_MAP, PORTS_MAP, PORTS_PER_SLOT, PORT_PROTOCOLS, PROGRAM_NAME,
+    SERVICES_MAP, SERVICE_NAMES_MAP, SLOTS, TAG_BITS, V4_MAP, V6_MAP,
 };
 
 use crate::{apply::PolicyMaps, config::XdpModeSetting, policy::SlotState};
@@ -517,8 +517,12 @@ impl PolicyMaps for BpfMaps {
                 io_error,
             })
         })?;
-        let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])?;
-        self.counters.set(service, zero, 0)
+        for proto_idx in 0..PORT_PROTOCOLS {
+            let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])?;
+            self.counters
+                .set(counter_index(service, proto_idx), zero, 0)?;
+        }
+        Ok(())
     }
 
     fn control(&self) -> Result<Control, MapError> {

@@ -19,7 +19,7 @@ use aya::maps::{MapData, RingBuf};
 use fs2::FileExt as _;
 use notify::Watcher as _;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
-use xdp_allowlist_common::{DropEvent, EVENT_WOULD_DROP, FAMILY_V4};
+use xdp_allowlist_common::{SourceEvent, EVENT_WOULD_DROP, FAMILY_V4};
 
 use crate::{
     apply::Applier,
@@ -470,19 +470,19 @@ async fn stream_events(ring: RingBuf<MapData>, names: Arc<Mutex<BTreeMap<u32, St
     }
 }
 
-/// Copies a [`DropEvent`] out of a ring-buffer record.
-pub fn decode_event(bytes: &[u8]) -> Option<DropEvent> {
-    if bytes.len() < std::mem::size_of::<DropEvent>() {
+/// Copies a [`SourceEvent`] out of a ring-buffer record.
+pub fn decode_event(bytes: &[u8]) -> Option<SourceEvent> {
+    if bytes.len() < std::mem::size_of::<SourceEvent>() {
         return None;
     }
-    // SAFETY: the record holds at least size_of::<DropEvent>() bytes and
-    // DropEvent is plain data (every bit pattern valid); read_unaligned
+    // SAFETY: the record holds at least size_of::<SourceEvent>() bytes and
+    // SourceEvent is plain data (every bit pattern valid); read_unaligned
     // has no alignment requirement.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DropEvent>()) })
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SourceEvent>()) })
 }
 
 /// The source address of an event.
-pub fn event_source(event: &DropEvent) -> IpAddr {
+pub fn event_source(event: &SourceEvent) -> IpAddr {
     if event.family == FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::new(
             event.addr[0],
@@ -495,7 +495,7 @@ pub fn event_source(event: &DropEvent) -> IpAddr {
     }
 }
 
-fn log_event(event: &DropEvent, service: &str) {
+fn log_event(event: &SourceEvent, service: &str) {
     let source = event_source(event);
     let protocol = Protocol::from_number(event.proto)
         .map(Protocol::name)

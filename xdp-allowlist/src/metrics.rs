@@ -19,6 +19,7 @@ use crate::status::{self, Status};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
+    protocol: &'static str,
     verdict: &'static str,
 }
 
@@ -42,29 +43,32 @@ pub fn render(status: &Status) -> Result<String, std::fmt::Error> {
 
     let packets = Family::<ServiceLabels, Counter<u64, AtomicU64>>::default();
     let bytes = Family::<ServiceLabels, Counter<u64, AtomicU64>>::default();
-    for (name, s) in &status.services {
-        let label = |verdict| ServiceLabels {
-            service: name.clone(),
-            verdict,
-        };
-        packets.get_or_create(&label("passed")).inc_by(s.passed);
-        packets.get_or_create(&label("dropped")).inc_by(s.dropped);
-        packets
-            .get_or_create(&label("would_drop"))
-            .inc_by(s.would_drop);
-        bytes.get_or_create(&label("passed")).inc_by(s.passed_bytes);
-        bytes
-            .get_or_create(&label("dropped"))
-            .inc_by(s.dropped_bytes);
+    for (name, service) in &status.services {
+        for (&protocol, s) in &service.protocols {
+            let label = |verdict| ServiceLabels {
+                service: name.clone(),
+                protocol,
+                verdict,
+            };
+            packets.get_or_create(&label("passed")).inc_by(s.passed);
+            packets.get_or_create(&label("dropped")).inc_by(s.dropped);
+            packets
+                .get_or_create(&label("would_drop"))
+                .inc_by(s.would_drop);
+            bytes.get_or_create(&label("passed")).inc_by(s.passed_bytes);
+            bytes
+                .get_or_create(&label("dropped"))
+                .inc_by(s.dropped_bytes);
+        }
     }
     registry.register(
         "packets",
-        "Packets to protected ports, by service and verdict",
+        "Packets to protected ports, by service, protocol and verdict",
         packets,
     );
     registry.register(
         "bytes",
-        "Transport bytes to protected ports, by service and verdict",
+        "Transport bytes to protected ports, by service, protocol and verdict",
         bytes,
     );
 
@@ -96,8 +100,16 @@ pub fn render(status: &Status) -> Result<String, std::fmt::Error> {
         .inc_by(status.events.ring_full);
     registry.register(
         "events",
-        "Drop events sent to the daemon, and those lost",
+        "Source events sent to the daemon, and those lost",
         events,
+    );
+
+    let untracked = Counter::<u64, AtomicU64>::default();
+    untracked.inc_by(status.events.untracked);
+    registry.register(
+        "untracked_drops",
+        "Drops from sources not tracked per source (the new-source budget was spent)",
+        untracked,
     );
 
     let generation = Gauge::<i64, std::sync::atomic::AtomicI64>::default();

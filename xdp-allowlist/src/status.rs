@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, path::Path};
 use aya::maps::{Array, MapData, PerCpuArray};
 use serde::Serialize;
 use xdp_allowlist_common::{
-    Control, EventLimiter, Reason, ServiceCounters, ServiceName, CONTROL_MAP, COUNTERS_MAP,
-    EVENT_LIMITER_MAP, MAX_SERVICES, REASONS_MAP, SERVICES_MAP, SERVICE_MONITOR, SERVICE_NAMES_MAP,
+    counter_index, Control, EventLimiter, Reason, ServiceCounters, ServiceName, CONTROL_MAP,
+    COUNTERS_MAP, EVENT_LIMITER_MAP, MAX_SERVICES, PORT_PROTOCOLS, REASONS_MAP, SERVICES_MAP,
+    SERVICE_MONITOR, SERVICE_NAMES_MAP,
 };
 
 use crate::bpf::{self, Attachment};
@@ -22,14 +23,32 @@ pub struct ServiceStatus {
     pub dropped: u64,
     pub dropped_bytes: u64,
     pub would_drop: u64,
+    /// The same counts split by protocol (`tcp`, `udp`, `sctp`).
+    pub protocols: BTreeMap<&'static str, ProtocolStatus>,
 }
 
-/// Drop events sent and lost.
+/// Counts of one service for one protocol, over all CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProtocolStatus {
+    pub passed: u64,
+    pub passed_bytes: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub would_drop: u64,
+}
+
+/// Names of the protocols in counter order (`proto_index`).
+pub const PROTOCOL_NAMES: [&str; PORT_PROTOCOLS as usize] = ["tcp", "udp", "sctp"];
+
+/// Events sent and lost.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EventStatus {
     pub sent: u64,
     pub rate_limited: u64,
     pub ring_full: u64,
+    /// Drops from sources that were not tracked per source because the
+    /// kernel's budget of new sources per second was spent (a flood).
+    pub untracked: u64,
 }
 
 /// Everything `status` shows.
@@ -64,17 +83,28 @@ pub fn read(pin_dir: &Path) -> anyhow::Result<Status> {
     let slot = control.active_slot & 1;
     let mut services = BTreeMap::new();
     for (id, name) in names {
-        let per_cpu = counters.get(&id, 0)?;
         let mut total = ServiceStatus {
             id,
             ..Default::default()
         };
-        for c in per_cpu.iter() {
-            total.passed += c.passed;
-            total.passed_bytes += c.passed_bytes;
-            total.dropped += c.dropped;
-            total.dropped_bytes += c.dropped_bytes;
-            total.would_drop += c.would_drop;
+        for (proto_idx, proto_name) in PROTOCOL_NAMES.iter().enumerate() {
+            let mut by_proto = ProtocolStatus::default();
+            for c in counters
+                .get(&counter_index(id, proto_idx as u32), 0)?
+                .iter()
+            {
+                by_proto.passed += c.passed;
+                by_proto.passed_bytes += c.passed_bytes;
+                by_proto.dropped += c.dropped;
+                by_proto.dropped_bytes += c.dropped_bytes;
+                by_proto.would_drop += c.would_drop;
+            }
+            total.passed += by_proto.passed;
+            total.passed_bytes += by_proto.passed_bytes;
+            total.dropped += by_proto.dropped;
+            total.dropped_bytes += by_proto.dropped_bytes;
+            total.would_drop += by_proto.would_drop;
+            total.protocols.insert(proto_name, by_proto);
         }
         let flags = policies.get(&(slot * MAX_SERVICES + id), 0)?.flags;
         total.mode = if flags & SERVICE_MONITOR != 0 {
@@ -95,6 +125,7 @@ pub fn read(pin_dir: &Path) -> anyhow::Result<Status> {
         events.sent += cpu.sent;
         events.rate_limited += cpu.rate_limited;
         events.ring_full += cpu.ring_full;
+        events.untracked += cpu.untracked;
     }
 
     Ok(Status {

@@ -18,8 +18,17 @@ const LLVM_PACKAGES: &[&str] = &[
 
 /// Debian packages the tests and demo drive: `ip` for namespaces, Python's
 /// scapy to craft frames independently of our own encoder, `venv` for the
-/// manifest validator, and `systemd-analyze` to check the systemd unit.
-const TEST_PACKAGES: &[&str] = &["iproute2", "python3-scapy", "python3-venv", "systemd"];
+/// manifest validator, `systemd-analyze` to check the systemd unit, nmap as a
+/// real port scanner against the probing alerts, and tmux to drive `top` in
+/// a real terminal.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "python3-scapy",
+    "python3-venv",
+    "systemd",
+    "nmap",
+    "tmux",
+];
 
 /// PyPI's validator for Kubernetes manifests; it carries the schemas of every
 /// Kubernetes version with it, so checking needs no cluster and no network.

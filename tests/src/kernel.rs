@@ -7,12 +7,13 @@
 
 use std::{
     io,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicUsize, Ordering},
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use xdp_allowlist::{
@@ -21,8 +22,9 @@ use xdp_allowlist::{
     config::{self, Config},
 };
 use xdp_allowlist_common::{
-    counter_index, Reason, ServiceCounters, COUNTERS_MAP, PORT_PROTOCOLS, PROGRAM_NAME,
-    REASONS_MAP, REASON_COUNT,
+    counter_index, Control, Reason, ServiceCounters, SourceEvent, SourceKey, SourceStats,
+    CONTROL_MAP, COUNTERS_MAP, EVENTS_MAP, FAMILY_V4, FAMILY_V6, PORT_PROTOCOLS, PROGRAM_NAME,
+    REASONS_MAP, REASON_COUNT, SOURCES_MAP,
 };
 
 /// `XDP_DROP`.
@@ -97,6 +99,13 @@ impl Fixture {
     /// When not root, when the kernel refuses the program, or when the
     /// configuration is refused.
     pub fn new(toml: &str) -> Self {
+        // Per-CPU maps (counters, SOURCES, the event budget) are read as one
+        // CPU's view by some tests: keep every run of this thread on CPU 0.
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0)
+            .unwrap_or_else(|e| panic!("selecting CPU 0: {e}"));
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)
+            .unwrap_or_else(|e| panic!("pinning the test thread to CPU 0: {e}"));
         let config = parse_config(toml);
         let pins = PinDir::new();
         let dir = pins.path().to_owned();
@@ -199,6 +208,47 @@ impl Fixture {
             .unwrap_or_else(|| panic!("no service `{name}` in the configuration"))
     }
 
+    /// One source's entry in `SOURCES` as CPU 0 saw it (fixtures run every
+    /// packet there), or `None` when the source is not tracked.
+    pub fn source(&self, name: &str, kind: u8, addr: IpAddr) -> Option<SourceStats> {
+        let map: PerCpuHashMap<MapData, SourceKey, SourceStats> =
+            bpf::open_map(self.pin_dir(), SOURCES_MAP).unwrap_or_else(|e| panic!("{e:#}"));
+        let key = source_key(self.service_id(name), kind, addr);
+        let values = match map.get(&key, 0) {
+            Ok(values) => values,
+            Err(aya::maps::MapError::KeyNotFound) => return None,
+            Err(err) => panic!("reading SOURCES: {err}"),
+        };
+        values.iter().next().copied()
+    }
+
+    /// Every event in the ring buffer that nobody read yet, oldest first.
+    pub fn drain_events(&self) -> Vec<SourceEvent> {
+        let mut ring: RingBuf<MapData> =
+            bpf::open_map(self.pin_dir(), EVENTS_MAP).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            let event = xdp_allowlist::daemon::decode_event(&item)
+                .unwrap_or_else(|| panic!("a {}-byte record is not an event", item.len()));
+            events.push(event);
+        }
+        events
+    }
+
+    /// Changes the control record in place (flags, budgets), behind the
+    /// applier's back: only for tests of the kernel's own behaviour.
+    pub fn update_control(&mut self, update: impl FnOnce(&mut Control)) {
+        let mut control: Array<MapData, Control> =
+            bpf::open_map(self.pin_dir(), CONTROL_MAP).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut value = control
+            .get(&0, 0)
+            .unwrap_or_else(|e| panic!("reading CONTROL: {e}"));
+        update(&mut value);
+        control
+            .set(0, value, 0)
+            .unwrap_or_else(|e| panic!("writing CONTROL: {e}"));
+    }
+
     /// The counters of service `name`, summed over CPUs.
     pub fn service_counters(&self, name: &str) -> ServiceCounters {
         let id = self.service_id(name);
@@ -219,5 +269,23 @@ impl Fixture {
                 sum.would_drop += c.would_drop;
                 sum
             })
+    }
+}
+
+/// The `SOURCES` key of a source for a service and kind.
+pub fn source_key(service: u32, kind: u8, addr: IpAddr) -> SourceKey {
+    let (family, bytes) = match addr {
+        IpAddr::V4(a) => {
+            let mut bytes = [0; 16];
+            bytes[..4].copy_from_slice(&a.octets());
+            (FAMILY_V4, bytes)
+        }
+        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+    };
+    SourceKey {
+        service: service as u16,
+        kind,
+        family,
+        addr: bytes,
     }
 }

@@ -3,7 +3,7 @@
 //! the same packet.
 //!
 //! The same rounds time the naive-parser build ([`Object::Naive`]) on plain
-//! IPv4 and IPv6 TCP, right after the real program on the same frame: the
+//! IPv4 and IPv6 TCP, back to back with the real program on the same frame: the
 //! difference is what the hardened parser (VLAN tags, IPv4 options, IPv6
 //! extension headers, fragments) costs on the common path.
 
@@ -251,7 +251,7 @@ pub fn run(
             PASS,
         ),
     ];
-    // Each naive case runs right after the real program's case on the same
+    // Each naive case sits next to the real program's case on the same
     // frame, so that drift within a round hits both alike.
     let naive_program = naive.program()?;
     for (hardened_case, label, frame, verdict) in parser_rows() {
@@ -280,7 +280,18 @@ pub fn run(
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for round in 0..opts.rounds {
         // Interleaved: every case once per round, so drift hits all alike.
-        for (case, out) in cases.iter().zip(&mut samples) {
+        // Each naive case sits right after its hardened twin; every other
+        // round runs the naive one first, so that neither always runs second.
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 1 {
+            for (at, case) in cases.iter().enumerate().skip(1) {
+                if case.naive_of.is_some() {
+                    order.swap(at - 1, at);
+                }
+            }
+        }
+        for index in order {
+            let (case, out) = (&cases[index], &mut samples[index]);
             let (verdict, ns) = match &case.runner {
                 Runner::Aya(program) => {
                     let (verdict, duration) =

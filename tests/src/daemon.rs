@@ -26,7 +26,8 @@ pub fn binary() -> PathBuf {
     path
 }
 
-fn binary_path() -> PathBuf {
+/// As [`binary`], without checking that the file exists.
+pub fn binary_path() -> PathBuf {
     match std::env::var("XDP_ALLOWLIST_BIN") {
         Ok(path) => std::path::absolute(&path).unwrap_or_else(|_| PathBuf::from(path)),
         Err(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xdp-allowlist"),
@@ -114,10 +115,18 @@ impl Daemon {
     }
 
     pub fn start_instance(pair: &Pair, instance: Instance) -> Self {
+        Self::start_in(&pair.server, instance)
+    }
+
+    /// Starts `xdp-allowlist run` in the network namespace `ns` with
+    /// `instance`'s file (which names the interfaces), and waits until it
+    /// attached. `nsenter` execs the daemon, so [`Daemon::pid`] is the
+    /// daemon's own process id.
+    pub fn start_in(ns: &str, instance: Instance) -> Self {
         let log = instance.dir.path().join("daemon.log");
         let log_file = fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
         let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", pair.server))
+            .arg(format!("--net=/var/run/netns/{ns}"))
             .arg(binary())
             .arg("--config")
             .arg(&instance.config)

@@ -174,6 +174,30 @@ pub struct Loaded {
 ///
 /// When pinned maps have another layout, or the kernel refuses the program.
 pub fn load_and_pin(pin_dir: &Path, capacity: u32, kernel_log: bool) -> anyhow::Result<Loaded> {
+    load_and_pin_object(
+        pin_dir,
+        capacity,
+        kernel_log,
+        crate::EBPF_OBJECT,
+        PROGRAM_NAME,
+    )
+}
+
+/// As [`load_and_pin`] for another build of the filter: `object` must define
+/// the same maps and an XDP program called `program_name`. Only the
+/// benchmark uses it, to load the naive-parser build ([`crate::NAIVE_OBJECT`])
+/// with exactly the maps and policy code of the real one.
+///
+/// # Errors
+///
+/// As [`load_and_pin`].
+pub fn load_and_pin_object(
+    pin_dir: &Path,
+    capacity: u32,
+    kernel_log: bool,
+    object: &[u8],
+    program_name: &str,
+) -> anyhow::Result<Loaded> {
     let pinned_capacity = check_pinned_layout(pin_dir)?;
     let capacity = match pinned_capacity {
         Some(pinned) if pinned != capacity => {
@@ -200,12 +224,12 @@ pub fn load_and_pin(pin_dir: &Path, capacity: u32, kernel_log: bool) -> anyhow::
         .map_max_entries(V4_MAP, SLOTS * capacity)
         .map_max_entries(V6_MAP, SLOTS * capacity)
         .override_global(aya_log::LEVEL, &log_level, true)
-        .load(crate::EBPF_OBJECT)
+        .load(object)
         .context("loading the kernel program failed")?;
 
     let xdp: &mut Xdp = program
-        .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("program `{PROGRAM_NAME}` missing from the object"))?
+        .program_mut(program_name)
+        .ok_or_else(|| anyhow!("program `{program_name}` missing from the object"))?
         .try_into()?;
     xdp.load()
         .context("the kernel verifier refused the program")?;

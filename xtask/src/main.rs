@@ -99,6 +99,11 @@ fn dispatch(task: Task) -> anyhow::Result<std::process::ExitCode> {
         Task::Bench { args } => {
             setup::require_root("bench")?;
             setup::setup()?;
+            // Stage 3 runs the real daemon under a flood: the release build.
+            let binary = match std::env::var_os("XDP_ALLOWLIST_BIN") {
+                Some(path) => PathBuf::from(path),
+                None => build_binary(Profile::Release)?,
+            };
             run(cargo()
                 .args([
                     "run",
@@ -109,7 +114,8 @@ fn dispatch(task: Task) -> anyhow::Result<std::process::ExitCode> {
                     "xdp-allowlist-bench",
                     "--",
                 ])
-                .args(&args))?;
+                .args(&args)
+                .env("XDP_ALLOWLIST_BIN", &binary))?;
         }
         Task::Install { prefix, destdir } => {
             setup::setup()?;

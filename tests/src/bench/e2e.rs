@@ -7,6 +7,10 @@
 //! Generator and receiver share one CPU (the receiver's NAPI poll runs when
 //! the generator's batch re-enables softirqs), so the time per frame is the
 //! sum of both; the floor's time is the same sum with the cheapest receiver.
+//!
+//! The many-sources rows rewrite the source of every frame with a random
+//! value (issue #5): our filter with per-source tracking and events on, with
+//! events off, and with tracking off, each with its event counters per flood.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -17,6 +21,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use ipnet::{IpNet, Ipv4Net};
+use xdp_allowlist::status::EventStatus;
+use xdp_allowlist_common::{CONTROL_EVENTS_OFF, CONTROL_TRACKING_OFF};
 
 use super::{
     median,
@@ -102,7 +108,7 @@ impl Topology {
     }
 
     /// Name of the XDP program attached to the receiving end, if any.
-    fn xdp_program(&self) -> anyhow::Result<Option<String>> {
+    pub(super) fn xdp_program(&self) -> anyhow::Result<Option<String>> {
         let out = sys::run(
             "ip",
             &[
@@ -121,7 +127,7 @@ impl Topology {
     }
 
     /// Receiver-side veth counters (summed over queues).
-    fn rx_stats(&self) -> anyhow::Result<VethStats> {
+    pub(super) fn rx_stats(&self) -> anyhow::Result<VethStats> {
         let out = sys::run_in(&self.rcv_ns, "ethtool", &["-S", &self.rcv_if])?;
         let mut stats = VethStats::default();
         for line in out.lines() {
@@ -163,9 +169,9 @@ fn mac(ns: &str, iface: &str) -> anyhow::Result<[u8; 6]> {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct VethStats {
-    xdp_packets: u64,
-    xdp_drops: u64,
+pub(super) struct VethStats {
+    pub xdp_packets: u64,
+    pub xdp_drops: u64,
 }
 
 /// One receiver configuration of the flood.
@@ -182,6 +188,34 @@ struct Flood {
     ns_per_frame: f64,
     processed: u64,
     dropped: u64,
+    /// Our filter's event counters over the flood.
+    events: Option<EventDelta>,
+}
+
+/// What the kernel's event counters (`EVENT_LIMITER`, summed over CPUs)
+/// moved by during one flood.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventDelta {
+    /// Events written into the ring buffer.
+    pub sent: u64,
+    /// Events not sent: the per-CPU rate limit was reached.
+    pub rate_limited: u64,
+    /// Events not sent: the ring buffer was full.
+    pub ring_full: u64,
+    /// Drops from sources not tracked: the per-CPU budget of new sources per
+    /// second was spent.
+    pub untracked: u64,
+}
+
+impl EventDelta {
+    fn between(before: &EventStatus, after: &EventStatus) -> Self {
+        Self {
+            sent: after.sent.saturating_sub(before.sent),
+            rate_limited: after.rate_limited.saturating_sub(before.rate_limited),
+            ring_full: after.ring_full.saturating_sub(before.ring_full),
+            untracked: after.untracked.saturating_sub(before.untracked),
+        }
+    }
 }
 
 fn flood(
@@ -196,6 +230,14 @@ fn flood(
     let mut _pass_link: Option<OwnedFd> = None;
     let mut _xdp_filter: Option<XdpFilter> = None;
     let mut counter_before = 0;
+    let mut events_before = None;
+    if let Receiver::Ours(ours) = receiver {
+        // Every flood starts with an empty ring, as under a daemon that
+        // reads it; nothing reads it during the flood (the daemon's reader
+        // would compete for the same two CPUs).
+        ours.drain_events()?;
+        events_before = Some(ours.event_counts()?);
+    }
     {
         let _ns = NetnsGuard::enter(&topo.rcv_ns)?;
         match receiver {
@@ -252,6 +294,12 @@ fn flood(
             dropped
         }
     };
+    let events = match (receiver, events_before) {
+        (Receiver::Ours(ours), Some(before)) => {
+            Some(EventDelta::between(&before, &ours.event_counts()?))
+        }
+        _ => None,
+    };
     drop(_xdp_filter);
     drop(_pass_link);
     if let Some(left) = topo.xdp_program()? {
@@ -268,6 +316,7 @@ fn flood(
         ns_per_frame: elapsed.as_nanos() as f64 / processed as f64,
         processed,
         dropped,
+        events,
     })
 }
 
@@ -290,7 +339,44 @@ pub struct FloodSeries {
     pub frames: u32,
     pub processed_median: f64,
     pub dropped_share: f64,
+    /// Our filter's event counters over each flood (empty for the others).
+    pub events: Vec<EventDelta>,
 }
+
+impl FloodSeries {
+    /// Frames the receiver saw per second of generator time (median).
+    pub fn frames_per_sec(&self) -> f64 {
+        1e9 / self.series.median
+    }
+
+    /// Median over the floods of each event counter.
+    pub fn events_median(&self) -> Option<[f64; 4]> {
+        if self.events.is_empty() {
+            return None;
+        }
+        let of = |f: fn(&EventDelta) -> u64| {
+            median(&self.events.iter().map(|e| f(e) as f64).collect::<Vec<_>>())
+        };
+        Some([
+            of(|e| e.sent),
+            of(|e| e.rate_limited),
+            of(|e| e.ring_full),
+            of(|e| e.untracked),
+        ])
+    }
+}
+
+/// The many-sources rows (issue #5): the same flood of random IPv6 sources
+/// into our filter with per-source tracking and events on (the default),
+/// with events off, and with per-source tracking off.
+pub const SPOOFED_DEFAULT: &str = "ours, random v6 sources: tracking + events (default)";
+pub const SPOOFED_EVENTS_OFF: &str = "ours, random v6 sources: events off";
+pub const SPOOFED_TRACKING_OFF: &str = "ours, random v6 sources: tracking off";
+pub const SPOOFED_FLOOR: &str = "floor, random v6 sources";
+
+/// Issue #5: a flood of distinct spoofed sources with events on must keep
+/// the drop rate within 15 % of the same flood with events off.
+pub const SPOOFED_BUDGET: f64 = 1.15;
 
 /// Runs stage 3.
 ///
@@ -311,10 +397,19 @@ pub fn run(
     eprintln!("  loading the receivers ({} prefixes each)", prefixes.len());
     let mut floor = Floor::load()?;
     let all: Vec<IpNet> = prefixes.iter().copied().map(IpNet::V4).collect();
+    let config = ours::large_config(&all, v6_prefixes, 100)?;
     let mut ours = OurFilter::load(xdp_allowlist_common::DEFAULT_CAPACITY)?;
-    ours.apply(&ours::large_config(&all, v6_prefixes, 100)?)?;
-    let mut ours_events = OurFilter::load(xdp_allowlist_common::DEFAULT_CAPACITY)?;
-    ours_events.apply(&ours::large_config(&all, v6_prefixes, 1_000_000)?)?;
+    ours.apply(&config)?;
+    // The three many-sources receivers: one each, with the same policy, so
+    // that no row inherits another's tracked sources or spent budgets.
+    let mut spoofed_default = OurFilter::load(xdp_allowlist_common::DEFAULT_CAPACITY)?;
+    spoofed_default.apply(&config)?;
+    let mut spoofed_quiet = OurFilter::load(xdp_allowlist_common::DEFAULT_CAPACITY)?;
+    spoofed_quiet.apply(&config)?;
+    spoofed_quiet.set_control_flags(CONTROL_EVENTS_OFF)?;
+    let mut spoofed_untracked = OurFilter::load(xdp_allowlist_common::DEFAULT_CAPACITY)?;
+    spoofed_untracked.apply(&config)?;
+    spoofed_untracked.set_control_flags(CONTROL_TRACKING_OFF)?;
     let started = Instant::now();
     let nft = Nft::create(topo, prefixes, scratch)?;
     eprintln!(
@@ -337,13 +432,28 @@ pub fn run(
         "xdp-filter",
         "nftables netdev ingress, 100k set",
         "iptables raw + ipset hash:net, 100k",
-        "floor, random v6 source per frame",
-        "ours, random v6 source per frame, events 100/s (default)",
-        "ours, random v6 source per frame, events 1M/s",
+        SPOOFED_FLOOR,
+        SPOOFED_DEFAULT,
+        SPOOFED_EVENTS_OFF,
+        SPOOFED_TRACKING_OFF,
     ];
+    // The slow receivers get fewer frames so that a round stays short.
+    let frames_for = |index: usize| {
+        if matches!(index, 3 | 4) {
+            opts.flood_frames / 4
+        } else {
+            opts.flood_frames
+        }
+    };
     let mut results: Vec<Vec<Flood>> = (0..names.len()).map(|_| Vec::new()).collect();
     for round in 0..opts.rounds {
-        for (index, out) in results.iter_mut().enumerate() {
+        // The three spoofed-source rows are compared with each other to
+        // within 15 %: rotate their order from round to round so that none
+        // always runs right after the floor or right after another.
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        order[6..].rotate_left(round % 3);
+        for index in order {
+            let out = &mut results[index];
             let (generator, frame, mut receiver) = match index {
                 0 => (&generator, &v4, Receiver::Floor(&mut floor)),
                 1 => (&generator, &v4, Receiver::Ours(&mut ours)),
@@ -351,16 +461,21 @@ pub fn run(
                 3 => (&generator, &v4, Receiver::Nft(&nft, &pass)),
                 4 => (&generator, &v4, Receiver::Ipset(&ipset, &pass)),
                 5 => (&random_generator, &v6, Receiver::Floor(&mut floor)),
-                6 => (&random_generator, &v6, Receiver::Ours(&mut ours)),
-                _ => (&random_generator, &v6, Receiver::Ours(&mut ours_events)),
+                6 => (&random_generator, &v6, Receiver::Ours(&mut spoofed_default)),
+                7 => (&random_generator, &v6, Receiver::Ours(&mut spoofed_quiet)),
+                _ => (
+                    &random_generator,
+                    &v6,
+                    Receiver::Ours(&mut spoofed_untracked),
+                ),
             };
-            // The slow receivers get fewer frames so that a round stays short.
-            let frames = if matches!(index, 3 | 4) {
-                opts.flood_frames / 4
-            } else {
-                opts.flood_frames
-            };
-            out.push(flood(topo, generator, frame, frames, &mut receiver)?);
+            out.push(flood(
+                topo,
+                generator,
+                frame,
+                frames_for(index),
+                &mut receiver,
+            )?);
         }
         eprintln!("  end-to-end round {}/{} done", round + 1, opts.rounds);
     }
@@ -382,13 +497,10 @@ pub fn run(
                     median: median(&samples),
                     samples,
                 },
-                frames: if matches!(index, 3 | 4) {
-                    opts.flood_frames / 4
-                } else {
-                    opts.flood_frames
-                },
+                frames: frames_for(index),
                 processed_median: median(&processed),
                 dropped_share: median(&shares),
+                events: floods.iter().filter_map(|f| f.events).collect(),
             }
         })
         .collect())

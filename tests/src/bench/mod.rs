@@ -6,8 +6,14 @@
 //! 1. [`per_packet`]: BPF_PROG_TEST_RUN on each path of our program.
 //! 2. [`sizes`]: hit and miss cost, apply time and memory from 1 to 1M
 //!    prefixes.
-//! 3. [`e2e`]: live frames over a veth pair into each receiver.
+//! 3. [`e2e`]: live frames over a veth pair into each receiver, including a
+//!    flood of distinct spoofed sources with per-source tracking and events
+//!    on, off, and tracking off; then [`daemon_memory`]: the real daemon's
+//!    peak memory under a million distinct sources.
 //! 4. [`sizes`] again: reload times.
+//!
+//! Stage 1 also times a naive-parser build of the filter next to the real
+//! one (the parser hardening cost, issue #3).
 //!
 //! Every measurement is repeated in interleaved rounds (each configuration
 //! once per round) and the median is reported. Results go to
@@ -15,12 +21,14 @@
 //! only `xab-*` namespaces, interfaces and pins, and removes them on exit.
 
 pub mod chart;
+pub mod daemon_memory;
 pub mod e2e;
 pub mod ours;
 pub mod packet;
 pub mod per_packet;
 pub mod receivers;
 pub mod report;
+mod report_issues;
 pub mod sizes;
 pub mod sys;
 
@@ -124,8 +132,13 @@ pub fn median(values: &[f64]) -> f64 {
 pub struct Results {
     pub installed: Vec<String>,
     pub per_packet: Vec<Series>,
+    /// The real parser against the naive one (stage 1).
+    pub parser: Vec<per_packet::ParserCost>,
     pub sizes: Vec<sizes::SizeResult>,
     pub e2e: Vec<e2e::FloodSeries>,
+    /// The daemon under a million distinct sources (stage 3), or why that
+    /// failed.
+    pub daemon_memory: Option<Result<daemon_memory::DaemonMemory, String>>,
     pub elapsed_s: f64,
     /// `/proc/loadavg` when the run started.
     pub load_start: String,
@@ -162,7 +175,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "stage 1: per packet ({} rounds × {} repeats)",
             opts.rounds, opts.repeat
         );
-        results.per_packet = per_packet::run(opts, &topo, scratch.path())?;
+        let measured = per_packet::run(opts, &topo, scratch.path())?;
+        results.per_packet = measured.series;
+        results.parser = measured.parser;
     }
     if opts.stages.contains(&2) {
         eprintln!("stage 2 and 4: allowlist sizes {:?}", opts.sizes);
@@ -176,9 +191,22 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         let prefixes = ours::mixed_prefixes(opts.e2e_prefixes, 0xe2e);
         let v6 = ours::v6_prefixes(opts.e2e_prefixes, 0xe2e);
         results.e2e = e2e::run(opts, &topo, &prefixes, &v6, scratch.path())?;
+        eprintln!(
+            "  the daemon under {} distinct sources",
+            daemon_memory::DISTINCT_TARGET
+        );
+        results.daemon_memory = Some(daemon_memory::run(&topo).map_err(|err| {
+            eprintln!("  the daemon measurement failed: {err:#}");
+            format!("{err:#}")
+        }));
     }
     drop(topo);
 
     results.elapsed_s = started.elapsed().as_secs_f64();
-    report::write(opts, &results)
+    report::write(opts, &results)?;
+    // A failed daemon measurement is in the report; the run still fails.
+    if let Some(Err(err)) = &results.daemon_memory {
+        anyhow::bail!("the daemon measurement failed: {err}");
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Our filter as the benchmark drives it: loaded and pinned under a private
 //! pin directory through the library's own entry points, configured with
-//! `Applier`, run through BPF_PROG_TEST_RUN, removed on drop.
+//! `Applier`, run through BPF_PROG_TEST_RUN, removed on drop. The same code
+//! loads the naive-parser build ([`Object::Naive`]) that measures what the
+//! hardened parser costs.
 
 use std::{
     collections::HashSet,
@@ -10,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use ipnet::{IpNet, Ipv4Net};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -18,39 +20,93 @@ use xdp_allowlist::{
     apply::{Applier, ApplyReport, PolicyMaps as _},
     bpf::{self, BpfMaps},
     config::{self, AllowEntry, Config, XdpModeSetting},
+    status::{self, EventStatus},
 };
-use xdp_allowlist_common::{PROGRAM_NAME, V4_MAP};
+use xdp_allowlist_common::{Control, PROGRAM_NAME, V4_MAP};
 
 static NEXT_PIN: AtomicU32 = AtomicU32::new(0);
 
+/// Which build of the kernel program to load. Both define the same maps and
+/// run the same policy code (`xdp-allowlist-ebpf/src/filter.rs`); they
+/// differ only in the parser in front of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// The real program, as the daemon loads it.
+    Hardened,
+    /// `xdp_naive`: fixed header sizes, no VLAN tags, IPv4 options, IPv6
+    /// extension headers or fragments. For test runs only; never attached.
+    Naive,
+}
+
+impl Object {
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Object::Hardened => xdp_allowlist::EBPF_OBJECT,
+            Object::Naive => xdp_allowlist::NAIVE_OBJECT,
+        }
+    }
+
+    /// Name of the XDP program in the object.
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Object::Hardened => PROGRAM_NAME,
+            Object::Naive => "xdp_naive",
+        }
+    }
+}
+
 /// Our program with its maps, pinned under `/sys/fs/bpf/xab-<pid>-<n>`.
 pub struct OurFilter {
+    object: Object,
     pin_dir: PathBuf,
     loaded: bpf::Loaded,
     applier: Applier<BpfMaps>,
 }
 
 impl OurFilter {
-    /// Loads the program with room for `capacity` CIDRs per family and slot.
+    /// Loads the real program with room for `capacity` CIDRs per family and
+    /// slot.
     ///
     /// # Errors
     ///
     /// When loading or pinning fails.
     pub fn load(capacity: u32) -> anyhow::Result<Self> {
+        Self::load_object(Object::Hardened, capacity)
+    }
+
+    /// Loads `object` with fresh maps of its own, as [`OurFilter::load`] does
+    /// for the real program.
+    ///
+    /// # Errors
+    ///
+    /// When loading or pinning fails.
+    pub fn load_object(object: Object, capacity: u32) -> anyhow::Result<Self> {
         let n = NEXT_PIN.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xab-{}-{n}", std::process::id()));
         bpf::ensure_bpffs(&pin_dir)?;
         // From here on the directory exists: remove it whatever happens next.
         let cleanup = PinCleanup(pin_dir.clone());
-        let loaded = bpf::load_and_pin(&pin_dir, capacity, false)?;
+        let loaded = bpf::load_and_pin_object(
+            &pin_dir,
+            capacity,
+            false,
+            object.bytes(),
+            object.program_name(),
+        )?;
         let maps = BpfMaps::open(&pin_dir)?;
         let applier = Applier::adopt(maps)?;
         std::mem::forget(cleanup);
         Ok(Self {
+            object,
             pin_dir,
             loaded,
             applier,
         })
+    }
+
+    /// Where the maps and links are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
     }
 
     /// Applies `config` as the next generation.
@@ -68,11 +124,12 @@ impl OurFilter {
     ///
     /// When the object has no such program (a build mismatch).
     pub fn program(&self) -> anyhow::Result<&Xdp> {
+        let name = self.object.program_name();
         let program = self
             .loaded
             .program
-            .program(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("program `{PROGRAM_NAME}` missing from the object"))?;
+            .program(name)
+            .ok_or_else(|| anyhow!("program `{name}` missing from the object"))?;
         Ok(program.try_into()?)
     }
 
@@ -81,8 +138,15 @@ impl OurFilter {
     ///
     /// # Errors
     ///
-    /// When the kernel refuses.
+    /// When the kernel refuses, or for the naive build, which must never see
+    /// real traffic.
     pub fn attach(&mut self, interface: &str) -> anyhow::Result<()> {
+        if self.object != Object::Hardened {
+            bail!(
+                "the {:?} build is for test runs only; it is never attached",
+                self.object
+            );
+        }
         // The previous receiver's link may still be on its way out.
         let mut tries = 0;
         loop {
@@ -123,6 +187,40 @@ impl OurFilter {
         control.flags |= flags;
         maps.set_control(control)?;
         Ok(())
+    }
+
+    /// The control record as the kernel reads it.
+    ///
+    /// # Errors
+    ///
+    /// When the control map cannot be read.
+    pub fn control(&self) -> anyhow::Result<Control> {
+        Ok(self.applier.maps().control()?)
+    }
+
+    /// The kernel's event counters, summed over CPUs (as `status` shows
+    /// them).
+    ///
+    /// # Errors
+    ///
+    /// When the maps cannot be read.
+    pub fn event_counts(&self) -> anyhow::Result<EventStatus> {
+        Ok(status::read(&self.pin_dir)?.events)
+    }
+
+    /// Empties the event ring buffer, as the daemon's reader would; returns
+    /// how many records it held.
+    ///
+    /// # Errors
+    ///
+    /// When the ring buffer cannot be opened.
+    pub fn drain_events(&self) -> anyhow::Result<usize> {
+        let mut ring = bpf::open_events(&self.pin_dir)?;
+        let mut records = 0;
+        while ring.next().is_some() {
+            records += 1;
+        }
+        Ok(records)
     }
 
     /// Bytes the kernel charges for the IPv4 trie (`bpftool map show`).

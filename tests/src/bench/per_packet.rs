@@ -1,20 +1,25 @@
 //! Stage 1: the cost of one packet through BPF_PROG_TEST_RUN, for our
 //! program on each path, the bare XDP_DROP floor, and xdp-filter dropping
 //! the same packet.
+//!
+//! The same rounds time the naive-parser build ([`Object::Naive`]) on plain
+//! IPv4 and IPv6 TCP, back to back with the real program on the same frame: the
+//! difference is what the hardened parser (VLAN tags, IPv4 options, IPv6
+//! extension headers, fragments) costs on the common path.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use aya::programs::Xdp;
 use xdp_allowlist_common::CONTROL_EVENTS_OFF;
 
 use super::{
     e2e::Topology,
     median,
-    ours::{self, OurFilter},
+    ours::{self, Object, OurFilter},
     packet, sys, Options, Series,
 };
 
@@ -50,9 +55,112 @@ struct Case<'a> {
     runner: Runner<'a>,
     frame: Vec<u8>,
     verdict: u32,
+    /// For a naive-parser case: the parser-comparison row it belongs to.
+    naive_of: Option<&'static str>,
 }
 
-/// Runs stage 1 and returns one series per case, in nanoseconds per packet.
+/// The real program and the naive-parser build on the same frame.
+#[derive(Clone, Debug)]
+pub struct ParserCost {
+    /// What the frame is, e.g. "IPv4 TCP, unprotected port (pass)".
+    pub case: &'static str,
+    pub hardened: Series,
+    pub naive: Series,
+}
+
+impl ParserCost {
+    /// What the hardened parser adds, in nanoseconds: the median over the
+    /// rounds of the difference within each round. The two cases run back
+    /// to back in every round, so a round slowed down by other work on the
+    /// machine slows both and cancels out, which the difference of the two
+    /// medians does not.
+    pub fn added_ns(&self) -> f64 {
+        let paired: Vec<f64> = self
+            .hardened
+            .samples
+            .iter()
+            .zip(&self.naive.samples)
+            .map(|(h, n)| h - n)
+            .collect();
+        median(&paired)
+    }
+}
+
+/// Issue #3: the hardened parser may add at most this much per packet on
+/// plain IPv4 TCP.
+pub const PARSER_BUDGET_NS: f64 = 10.0;
+
+/// What stage 1 measured.
+#[derive(Default)]
+pub struct PerPacket {
+    /// One series per case, in nanoseconds per packet.
+    pub series: Vec<Series>,
+    /// The parser-hardening comparison.
+    pub parser: Vec<ParserCost>,
+}
+
+/// The rows of the parser comparison: the hardened case it pairs with, its
+/// label, the frame, the verdict.
+fn parser_rows() -> [(&'static str, &'static str, Vec<u8>, u32); 6] {
+    let v4 = |src, port| packet::tcp_v4(src, DST_V4, port);
+    let v6 = |src, port| packet::tcp_v6(src, DST_V6, port);
+    [
+        (
+            "ours v4: unprotected port",
+            "IPv4 TCP, unprotected port (pass)",
+            v4(REFUSED_V4, 80),
+            PASS,
+        ),
+        (
+            "ours v4: allowed source",
+            "IPv4 TCP, protected port, allowed source (pass)",
+            v4(ALLOWED_V4, 8443),
+            PASS,
+        ),
+        (
+            "ours v4: refused source (drop)",
+            "IPv4 TCP, protected port, refused source (drop)",
+            v4(REFUSED_V4, 8443),
+            DROP,
+        ),
+        (
+            "ours v6: unprotected port",
+            "IPv6 TCP, unprotected port (pass)",
+            v6(REFUSED_V6, 80),
+            PASS,
+        ),
+        (
+            "ours v6: allowed source",
+            "IPv6 TCP, protected port, allowed source (pass)",
+            v6(ALLOWED_V6, 8443),
+            PASS,
+        ),
+        (
+            "ours v6: refused source (drop)",
+            "IPv6 TCP, protected port, refused source (drop)",
+            v6(REFUSED_V6, 8443),
+            DROP,
+        ),
+    ]
+}
+
+/// Loads the naive-parser build next to `hardened` with the same
+/// configuration and control flags, and checks that both ended up with the
+/// same control record and generation, so that the parser is the only
+/// difference between them.
+fn load_naive_twin(hardened: &OurFilter, config: &str) -> anyhow::Result<OurFilter> {
+    let mut naive = OurFilter::load_object(Object::Naive, 1024)?;
+    naive.apply(&ours::parse(config)?)?;
+    let (ours, theirs) = (hardened.control()?, naive.control()?);
+    if ours != theirs {
+        bail!(
+            "the naive build's control record differs from the real one's: {theirs:?} vs {ours:?}"
+        );
+    }
+    Ok(naive)
+}
+
+/// Runs stage 1.
 ///
 /// # Errors
 ///
@@ -61,9 +169,10 @@ pub fn run(
     opts: &Options,
     topo: &Topology,
     scratch: &std::path::Path,
-) -> anyhow::Result<Vec<Series>> {
+) -> anyhow::Result<PerPacket> {
     let mut ours = OurFilter::load(1024)?;
     ours.apply(&ours::parse(CONFIG)?)?;
+    let naive = load_naive_twin(&ours, CONFIG)?;
     // The same policy with drop events switched off in the control record:
     // the difference to `ours` is what the event path costs a drop.
     let mut quiet = OurFilter::load(1024)?;
@@ -142,6 +251,21 @@ pub fn run(
             PASS,
         ),
     ];
+    // Each naive case sits next to the real program's case on the same
+    // frame, so that drift within a round hits both alike.
+    let naive_program = naive.program()?;
+    for (hardened_case, label, frame, verdict) in parser_rows() {
+        let at = cases
+            .iter()
+            .position(|c| c.name == hardened_case)
+            .ok_or_else(|| anyhow!("no case `{hardened_case}` to compare with"))?;
+        if cases[at].frame != frame || cases[at].verdict != verdict {
+            bail!("the parser comparison's frame for `{hardened_case}` differs from stage 1's");
+        }
+        let mut naive_case = case(label, Runner::Aya(naive_program), frame, verdict);
+        naive_case.naive_of = Some(hardened_case);
+        cases.insert(at + 1, naive_case);
+    }
     for (name, frame) in [
         ("xdp-filter v4: denied source (drop)", v4(REFUSED_V4, 8443)),
         ("xdp-filter v6: denied source (drop)", v6(REFUSED_V6, 8443)),
@@ -156,7 +280,18 @@ pub fn run(
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for round in 0..opts.rounds {
         // Interleaved: every case once per round, so drift hits all alike.
-        for (case, out) in cases.iter().zip(&mut samples) {
+        // Each naive case sits right after its hardened twin; every other
+        // round runs the naive one first, so that neither always runs second.
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 1 {
+            for (at, case) in cases.iter().enumerate().skip(1) {
+                if case.naive_of.is_some() {
+                    order.swap(at - 1, at);
+                }
+            }
+        }
+        for index in order {
+            let (case, out) = (&cases[index], &mut samples[index]);
             let (verdict, ns) = match &case.runner {
                 Runner::Aya(program) => {
                     let (verdict, duration) =
@@ -178,15 +313,36 @@ pub fn run(
     }
     drop(xdp_filter);
 
-    Ok(cases
-        .iter()
-        .zip(samples)
-        .map(|(case, samples)| Series {
+    let mut out = PerPacket::default();
+    let mut naive_series = Vec::new();
+    for (case, samples) in cases.iter().zip(samples) {
+        let series = Series {
             name: case.name.to_owned(),
             median: median(&samples),
             samples,
-        })
-        .collect())
+        };
+        match case.naive_of {
+            Some(hardened) => naive_series.push((hardened, case.name, series)),
+            None => out.series.push(series),
+        }
+    }
+    for (hardened, label, naive) in naive_series {
+        let hardened = out
+            .series
+            .iter()
+            .find(|s| s.name == hardened)
+            .cloned()
+            .ok_or_else(|| anyhow!("no series `{hardened}`"))?;
+        out.parser.push(ParserCost {
+            case: label,
+            hardened,
+            naive: Series {
+                name: format!("naive parser: {label}"),
+                ..naive
+            },
+        });
+    }
+    Ok(out)
 }
 
 fn case<'a>(name: &'static str, runner: Runner<'a>, frame: Vec<u8>, verdict: u32) -> Case<'a> {
@@ -195,6 +351,7 @@ fn case<'a>(name: &'static str, runner: Runner<'a>, frame: Vec<u8>, verdict: u32
         runner,
         frame,
         verdict,
+        naive_of: None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, fs};
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use super::{e2e::FloodSeries, sizes::SizeResult, Options, Results, Series};
+use super::{e2e::FloodSeries, report_issues, sizes::SizeResult, Options, Results, Series};
 
 /// Machine facts printed at the top of the report.
 struct Machine {
@@ -59,19 +59,19 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
-fn find<'a>(series: &'a [Series], name: &str) -> Option<&'a Series> {
+pub(super) fn find<'a>(series: &'a [Series], name: &str) -> Option<&'a Series> {
     series.iter().find(|s| s.name == name)
 }
 
-fn flood<'a>(floods: &'a [FloodSeries], prefix: &str) -> Option<&'a FloodSeries> {
+pub(super) fn flood<'a>(floods: &'a [FloodSeries], prefix: &str) -> Option<&'a FloodSeries> {
     floods.iter().find(|f| f.series.name.starts_with(prefix))
 }
 
 /// One issue target and what was measured against it.
-struct Target {
-    what: &'static str,
-    measured: String,
-    met: Option<bool>,
+pub(super) struct Target {
+    pub what: &'static str,
+    pub measured: String,
+    pub met: Option<bool>,
 }
 
 fn targets(results: &Results) -> Vec<Target> {
@@ -131,6 +131,7 @@ fn targets(results: &Results) -> Vec<Target> {
             }
         }
     }
+    out.extend(report_issues::targets(results));
     let largest = results.sizes.iter().map(|s| s.size).max().unwrap_or(0);
     for shape in [super::sizes::Shape::Mixed, super::sizes::Shape::Dense] {
         let at = |size| {
@@ -168,7 +169,7 @@ fn targets(results: &Results) -> Vec<Target> {
     out
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
+pub(super) fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "met",
         Some(false) => "**not met**",
@@ -268,6 +269,7 @@ fn markdown(opts: &Options, results: &Results, m: &Machine, targets: &[Target]) 
             "\nxdp-filter 1.3.1 is loaded with `-f ipv4,ipv6` (its cheapest variant that can drop by source) with the source on its deny list, and timed with `bpftool prog run`; ours through aya's `TestRun`. Both use the kernel's own per-run average. The allowlist here has one service with two CIDRs plus one monitor service; events are on at the default 100 per second and CPU, so nearly every drop is only counted."
         );
     }
+    report_issues::parser_markdown(&mut md, results);
 
     if !results.sizes.is_empty() {
         let _ = writeln!(
@@ -347,13 +349,14 @@ fn markdown(opts: &Options, results: &Results, m: &Machine, targets: &[Target]) 
         }
         let _ = writeln!(
             md,
-            "\n*ns per frame*: wall time of the generator's BPF_PROG_TEST_RUN (live frames, XDP_TX out of the sending veth, batches of 64) divided by the frames the receiving veth's XDP hook counted (`ethtool -S`). The receiver's NAPI poll runs on the same CPU when each batch re-enables softirqs, so the figure is generator plus receiver; the floor row is the same pipeline with a bare XDP_DROP. *dropped by it*: the receiver's own drop counter (veth `xdp_drops`, the nft rule counter, the iptables rule counter) over frames received. nftables and ipset see the frames behind an XDP program that returns XDP_PASS (needed for veth to accept XDP frames); they get a quarter of the frames per run to keep rounds short. xdp-filter denies the flood's single source (it has no allowlist mode for prefixes). The many-sources rows rewrite the last 32 bits of an IPv6 source in 2001:db8:ffff::/96 per frame with a random value; the receiver's allowlist holds 100k IPv6 prefixes too. With events at 1M/s nobody reads the ring buffer, so after it fills each drop pays a failed reservation."
+            "\n*ns per frame*: wall time of the generator's BPF_PROG_TEST_RUN (live frames, XDP_TX out of the sending veth, batches of 64) divided by the frames the receiving veth's XDP hook counted (`ethtool -S`). The receiver's NAPI poll runs on the same CPU when each batch re-enables softirqs, so the figure is generator plus receiver; the floor row is the same pipeline with a bare XDP_DROP. *dropped by it*: the receiver's own drop counter (veth `xdp_drops`, the nft rule counter, the iptables rule counter) over frames received. nftables and ipset see the frames behind an XDP program that returns XDP_PASS (needed for veth to accept XDP frames); they get a quarter of the frames per run to keep rounds short. xdp-filter denies the flood's single source (it has no allowlist mode for prefixes). The many-sources rows rewrite the last 32 bits of an IPv6 source in 2001:db8:ffff::/96 per frame with a random value; the receiver's allowlist holds 100k IPv6 prefixes too (see the next section)."
         );
     }
+    report_issues::spoofed_markdown(&mut md, results);
     md
 }
 
-fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     if n >= 1 << 20 {
         format!("{:.1} MiB", n as f64 / 1048576.0)
     } else if n >= 1 << 10 {
@@ -388,6 +391,12 @@ fn to_json(opts: &Options, results: &Results, m: &Machine, targets: &[Target]) -
             "receiver": f.series.name, "frames_per_run": f.frames, "median_ns_per_frame": f.series.median,
             "mpps": 1e3 / f.series.median, "samples_ns_per_frame": f.series.samples,
             "processed_median": f.processed_median, "dropped_share": f.dropped_share,
+            "events_per_flood": f.events.iter().map(|e| json!({
+                "sent": e.sent, "rate_limited": e.rate_limited, "ring_full": e.ring_full, "untracked": e.untracked,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "parser_hardening": report_issues::parser_json(results),
+        "spoofed_flood": report_issues::spoofed_json(results),
+        "daemon_memory": report_issues::daemon_json(results),
     })
 }

@@ -9,17 +9,23 @@ xdp-allowlist-bench: measure what the XDP allowlist costs
 
 Measures, in interleaved rounds with medians reported:
   1. the cost of one packet on each path of the filter (BPF_PROG_TEST_RUN),
-     against a bare XDP_DROP (the floor) and xdp-filter;
+     against a bare XDP_DROP (the floor) and xdp-filter; and the same policy
+     behind a naive parser, to show what the hardened parser costs;
   2. hit and miss cost, apply time and memory for 1 to 1M prefixes;
   3. a live-frame flood over a veth pair into the floor, our filter with
-     100k prefixes, xdp-filter, nftables and iptables + ipset;
+     100k prefixes, xdp-filter, nftables and iptables + ipset; a flood of
+     random spoofed sources with per-source tracking and events on, events
+     off, and tracking off; then the real daemon's peak memory while at
+     least a million distinct sources reach it;
   4. reload time for 100k and 1M prefixes.
 Writes results.md, results.json and chart.png into the output directory.
 
 Needs root. Creates network namespaces xab-gen-PID and xab-rcv-PID and pins
-under /sys/fs/bpf/xab-PID-*, and removes them when it ends. Installs
-xdp-tools, nftables, ipset, iptables, bpftool and ethtool with apt-get when
-their commands are missing.
+under /sys/fs/bpf/xab-PID-*, and removes them when it ends. Stage 3 runs the
+xdp-allowlist binary named by XDP_ALLOWLIST_BIN (cargo xtask bench builds
+the release binary and sets it) and stops it by its pid. Installs xdp-tools,
+nftables, ipset, iptables, bpftool and ethtool with apt-get when their
+commands are missing.
 
 USAGE:
     cargo xtask bench [--quick] [--out DIR] [--stages 1,2,3]

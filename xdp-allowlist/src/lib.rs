@@ -20,7 +20,10 @@ pub mod import;
 pub mod metrics;
 pub mod policy;
 pub mod reference;
+pub mod sources;
+pub mod stats;
 pub mod status;
+pub mod top;
 
 /// The compiled kernel program, built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] =

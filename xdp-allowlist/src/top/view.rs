@@ -240,6 +240,12 @@ fn draw_sources(frame: &mut Frame, state: &State, area: ratatui::layout::Rect) {
         .max()
         .unwrap_or(0)
         .clamp(7, 20) as u16;
+    let ports_width = shown
+        .iter()
+        .map(|r| ports_text(&r.row).chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(8, 48) as u16;
 
     let marked = |title: &'static str, key: SortKey| -> Cell<'static> {
         if state.sort == key {
@@ -301,7 +307,7 @@ fn draw_sources(frame: &mut Frame, state: &State, area: ratatui::layout::Rect) {
             Constraint::Length(10),
             Constraint::Length(12),
             Constraint::Length(9),
-            Constraint::Min(12),
+            Constraint::Length(ports_width),
             Constraint::Length(11),
             Constraint::Length(12),
             Constraint::Length(HISTORY as u16),

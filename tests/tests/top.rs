@@ -439,3 +439,114 @@ fn top_without_a_terminal_or_a_filter_says_what_to_do() {
         "{out:?}"
     );
 }
+
+/// Fills the daemon's pinned SOURCES map from userspace with values set per
+/// CPU, so that the merge is checked against the kernel's real per-CPU
+/// layout, and a full map is read by `stats` within a bounded time.
+#[test]
+fn stats_merges_per_cpu_values_of_a_full_map() {
+    use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
+    use xdp_allowlist::sources::Clock;
+    use xdp_allowlist_common::{
+        SourceKey, SourceStats, EVENT_DROP, FAMILY_V4, PROTO_UDP, SOURCES_CAPACITY, SOURCES_MAP,
+    };
+
+    let pair = Pair::new(&[]);
+    let daemon = Daemon::start(&pair, CONFIG);
+    let mut sources: PerCpuHashMap<MapData, SourceKey, SourceStats> =
+        xdp_allowlist::bpf::open_map(&daemon.instance.pin_dir, SOURCES_MAP)
+            .unwrap_or_else(|e| panic!("open SOURCES: {e:#}"));
+    let cpus = aya::util::nr_cpus().unwrap_or_else(|(_, e)| panic!("nr_cpus: {e}"));
+    let now = Clock::now().monotonic_ns;
+    let dns = daemon.instance.status()["services"]["dns"]["id"]
+        .as_u64()
+        .and_then(|id| u16::try_from(id).ok())
+        .unwrap_or_else(|| panic!("no id for dns"));
+    let key = |i: u32| {
+        let mut addr = [0; 16];
+        // Map keys only (from 203.0.113.0 up): no packet comes from them.
+        addr[..4].copy_from_slice(&(0xcb00_7100_u32 + i).to_be_bytes());
+        SourceKey {
+            service: dns,
+            kind: EVENT_DROP,
+            family: FAMILY_V4,
+            addr,
+        }
+    };
+    let stats = |packets: u64, first: u64, last: u64, port: u16| {
+        let mut s = SourceStats {
+            packets,
+            bytes: packets * 10,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            port_count: 1,
+            proto: PROTO_UDP,
+            ..SourceStats::default()
+        };
+        s.ports[0] = port;
+        s
+    };
+
+    // One source seen by every CPU, on a port each; the others by CPU 0 only.
+    let mut spread = vec![SourceStats::default(); cpus];
+    for (cpu, value) in spread.iter_mut().enumerate() {
+        let c = cpu as u64;
+        *value = stats(
+            100 + c,
+            now - 5_000_000_000 + c,
+            now - 1_000_000_000 - c,
+            5353 + cpu as u16,
+        );
+    }
+    let filled = SOURCES_CAPACITY - 1;
+    for i in 1..=filled {
+        let mut values = vec![SourceStats::default(); cpus];
+        values[0] = stats(1, now - 9_000_000_000, now - 9_000_000_000, 5353);
+        let values = PerCpuValues::try_from(values).unwrap_or_else(|e| panic!("values: {e}"));
+        sources
+            .insert(key(i), values, 0)
+            .unwrap_or_else(|e| panic!("insert {i}: {e}"));
+    }
+
+    // Last, so that the LRU does not evict it to make room.
+    let spread_values =
+        PerCpuValues::try_from(spread).unwrap_or_else(|e| panic!("per-CPU values: {e}"));
+    sources
+        .insert(key(0), spread_values, 0)
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+
+    let started = Instant::now();
+    let all = stats_json(&daemon, &["--limit", "3"]);
+    let took = started.elapsed();
+    let matched = packets(&all["sources_matched"]);
+    eprintln!("stats --json read {matched} tracked sources in {took:?}");
+
+    assert!(
+        matched >= u64::from(SOURCES_CAPACITY) * 9 / 10 && matched <= u64::from(SOURCES_CAPACITY),
+        "{matched} of {SOURCES_CAPACITY} entries read"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "stats took {took:?} over a full map"
+    );
+    let top = &all["sources"][0];
+    assert_eq!(top["source"], "203.0.113.0", "{all:#}");
+    let cpu_count = cpus as u64;
+    assert_eq!(
+        packets(&top["packets"]),
+        100 * cpu_count + cpu_count * (cpu_count - 1) / 2,
+        "packets summed over the CPUs: {top}"
+    );
+    // The most recent CPU's ports first; every port is udp: 5353 because
+    // dns protects it, the others because the source's packets were udp.
+    let ports: Vec<String> = (0..cpus).map(|c| format!("udp/{}", 5353 + c)).collect();
+    assert_eq!(top["ports"], serde_json::json!(ports), "{top}");
+    assert!(
+        top["first_seen"].as_str().unwrap_or("") < top["last_seen"].as_str().unwrap_or(""),
+        "{top}"
+    );
+
+    // --since 3s keeps only the source seen a second ago.
+    let recent = stats_json(&daemon, &["--since", "3s"]);
+    assert_eq!(recent["sources_matched"], 1, "{recent:#}");
+}

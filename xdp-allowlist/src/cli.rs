@@ -173,7 +173,7 @@ pub struct StatsArgs {
     pub json: bool,
 
     /// Only sources last seen within this long (`30s`, `10m`, `2h`).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub since: Option<std::time::Duration>,
 
     /// List at most N refused sources and N access records (0: all).
@@ -184,7 +184,7 @@ pub struct StatsArgs {
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// Time between refreshes (`1s`, `500ms`; at least 100ms).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: std::time::Duration,
 }
 

@@ -277,15 +277,16 @@ fn top_shows_the_refused_sources_sorts_and_quits() {
     let pair = Pair::new(&[ALLOWED_V4]);
     let daemon = daemon_with_traffic(&pair);
     let tmux = Tmux::new();
-    let rc = daemon.instance.dir.path().join("top.rc");
     let err = daemon.instance.dir.path().join("top.err");
 
+    // After top, the shell reports its exit code and whether the terminal is
+    // back in canonical (cooked) mode, then the session ends.
     let command = format!(
-        "{} --pin-dir {} top --interval 500ms 2>{}; echo $? >{}",
+        "{} --pin-dir {} top --interval 500ms 2>{}; echo \"top exited $?\"; \
+         stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon; sleep 2",
         binary().display(),
         daemon.instance.pin_dir.display(),
         err.display(),
-        rc.display()
     );
     let out = tmux.command(&[
         "new-session",
@@ -391,17 +392,32 @@ fn top_shows_the_refused_sources_sorts_and_quits() {
         &tmux.command(&["send-keys", "-t", "top", "q"]),
         "send-keys q",
     );
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let screen = tmux
+        .wait_for(Duration::from_secs(3), |s| s.contains("top exited"))
+        .unwrap_or_else(|screen| panic!("top did not exit within 3 s of `q`:\n{screen}"));
+    assert!(
+        screen.contains("top exited 0"),
+        "{screen}\nstderr: {}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    assert!(
+        !screen.contains("refused sources:"),
+        "top's view is still on screen (the alternate screen was not left):\n{screen}"
+    );
+    let screen = tmux
+        .wait_for(Duration::from_secs(3), |s| {
+            s.lines().any(|l| l.trim().ends_with("icanon"))
+        })
+        .unwrap_or_else(|screen| panic!("stty did not report:\n{screen}"));
+    assert!(
+        screen.lines().any(|l| l.trim() == "icanon"),
+        "raw mode was not turned off:\n{screen}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(6);
     while tmux.alive() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(!tmux.alive(), "top did not exit within 3 s of `q`");
-    assert_eq!(
-        std::fs::read_to_string(&rc).unwrap_or_default().trim(),
-        "0",
-        "top's exit code; stderr: {}",
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
+    assert!(!tmux.alive(), "the session did not end");
 }
 
 #[test]

@@ -119,6 +119,7 @@ pub fn render(report: &Report) -> String {
         "SERVICE", "MODE", "PROTO", "PASSED", "DROPPED", "WOULD DROP"
     );
     for (name, service) in &report.services {
+        let mut lines = 0;
         for proto in PROTOCOL_NAMES {
             let Some(p) = service.protocols.get(proto) else {
                 continue;
@@ -131,7 +132,12 @@ pub fn render(report: &Report) -> String {
                 "{:<20} {:<8} {:<5} {:>14} {:>14} {:>14}",
                 name, service.mode, proto, p.passed, p.dropped, p.would_drop
             );
+            lines += 1;
         }
+        if lines == 1 {
+            continue;
+        }
+        // Several protocols, or no traffic yet: the service's total.
         let _ = writeln!(
             out,
             "{:<20} {:<8} {:<5} {:>14} {:>14} {:>14}",
@@ -364,6 +370,13 @@ mod tests {
         assert!(text[access..].contains("10.0.0.4"));
         assert!(text.contains("udp/5353"));
         assert!(text.contains("2 drops from untracked sources"));
+        let service_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("dns ")).collect();
+        assert_eq!(
+            service_lines.len(),
+            1,
+            "one protocol, no total line: {text}"
+        );
+        assert!(service_lines[0].contains("udp"));
     }
 
     #[test]

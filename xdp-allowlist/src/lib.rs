@@ -4,6 +4,7 @@
 //! the file, `policy` and `apply` turn it into map writes, `bpf` owns the
 //! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI,
 //! `status` reads the counters and `features` says what the kernel offers.
+//! `sources` reads the per-source accounting that `stats` and `top` show.
 
 pub mod apply;
 pub mod audit;

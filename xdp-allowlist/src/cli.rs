@@ -66,6 +66,31 @@ pub enum Command {
         json: bool,
     },
 
+    /// Show per-service totals and the sources refused most, from the
+    /// pinned maps (works with or without the daemon).
+    ///
+    /// The kernel tracks every source per service and kind: `drop` (refused
+    /// by an enforcing service), `would_drop` (refused by a service in
+    /// monitor mode, then passed) and `access` (allowed TCP connection
+    /// attempts and datagrams). Refusals are listed by packets, most first;
+    /// access records are listed apart. For each: packets, bytes, first and
+    /// last seen, and the protected ports touched (`udp/5353`). The map keeps
+    /// the most recently seen sources (see Limitations in the README).
+    ///
+    /// Example: xdp-allowlist stats --since 10m --limit 50
+    Stats(StatsArgs),
+
+    /// A live view of the sources refused most, refreshed every --interval.
+    ///
+    /// Shows per-service totals by protocol, the event counters, and a table
+    /// of refused sources with their total drops, current rate (packets per
+    /// second since the previous refresh), ports, first and last seen, and
+    /// a bar of their last rates. Keys: `s` cycles the sort (drops, rate,
+    /// last seen), `q` or Esc quits. Reads the pinned maps; needs a terminal.
+    ///
+    /// Example: xdp-allowlist top --interval 2s
+    Top(TopArgs),
+
     /// Put a candidate configuration in place, optionally on probation.
     ///
     /// CANDIDATE is validated and checked for lock-outs like an edit, then
@@ -139,6 +164,36 @@ pub struct RunArgs {
     /// logged packet; for debugging only).
     #[arg(long)]
     pub kernel_log: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print JSON instead of tables (the fields are listed in the README).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only sources last seen within this long (`30s`, `10m`, `2h`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+
+    /// List at most N refused sources and N access records (0: all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between refreshes (`1s`, `500ms`; at least 100ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < std::time::Duration::from_millis(100) {
+        return Err(format!("`{text}` is too short; use at least 100ms"));
+    }
+    Ok(interval)
 }
 
 #[derive(Debug, Subcommand)]

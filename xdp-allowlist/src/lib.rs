@@ -4,6 +4,7 @@
 //! the file, `policy` and `apply` turn it into map writes, `bpf` owns the
 //! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI,
 //! `status` reads the counters and `features` says what the kernel offers.
+//! `sources` reads the per-source accounting that `stats` and `top` show.
 
 pub mod apply;
 pub mod audit;
@@ -20,7 +21,10 @@ pub mod import;
 pub mod metrics;
 pub mod policy;
 pub mod reference;
+pub mod sources;
+pub mod stats;
 pub mod status;
+pub mod top;
 
 /// The compiled kernel program, built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] =

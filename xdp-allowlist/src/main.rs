@@ -191,6 +191,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Stats(args) => {
+            let report = xdp_allowlist::stats::read(&pin_dir, args.since, args.limit)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", xdp_allowlist::stats::render(&report));
+            }
+            Ok(())
+        }
+        Command::Top(args) => xdp_allowlist::top::run(&pin_dir, args.interval),
         Command::Apply {
             candidate,
             confirm,

@@ -5,6 +5,7 @@
 //! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI,
 //! `status` reads the counters and `features` says what the kernel offers.
 
+pub mod alerts;
 pub mod apply;
 pub mod audit;
 pub mod bpf;

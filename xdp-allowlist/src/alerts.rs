@@ -31,6 +31,8 @@ use serde::Serialize;
 
 use crate::config::{AlertSettings, Protocol};
 
+pub mod sink;
+
 /// Sources (and, separately, prefixes) tracked at most by default.
 pub const DEFAULT_CAPACITY: usize = 65_536;
 

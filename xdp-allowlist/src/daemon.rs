@@ -1,6 +1,7 @@
 //! `run`: the daemon. Loads or adopts the pinned filter, applies the
 //! configuration as a generation, attaches, then follows the file (watch,
-//! SIGHUP, and a slow poll as a safety net) and streams drop events.
+//! SIGHUP, and a slow poll as a safety net) and turns the kernel's source
+//! events into probing alerts and access records (see [`crate::alerts`]).
 //!
 //! Stopping the daemon leaves the filter attached and enforcing the last
 //! applied generation; only `detach` removes it.
@@ -18,14 +19,19 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use fs2::FileExt as _;
 use notify::Watcher as _;
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
-use xdp_allowlist_common::{SourceEvent, EVENT_WOULD_DROP, FAMILY_V4};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::SignalKind,
+    sync::{mpsc, watch},
+};
+use xdp_allowlist_common::{SourceEvent, EVENT_ACCESS, EVENT_DROP, EVENT_WOULD_DROP, FAMILY_V4};
 
 use crate::{
+    alerts::{self, sink::Sink, AlertGauges, Engine, Observation, ObservationKind},
     apply::Applier,
     audit,
     bpf::{self, BpfMaps},
-    config::{self, Config, Protocol},
+    config::{self, AlertSettings, Config, Protocol},
     policy::describe_changes,
 };
 
@@ -151,13 +157,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // to an interface that is deleted and created again.
     let mut program = loaded.program;
 
+    let gauges = Arc::new(AlertGauges::default());
     if let Some(listen) = config.metrics_listen {
-        crate::metrics::serve(listen, &options.pin_dir)?;
+        crate::metrics::serve(listen, &options.pin_dir, Arc::clone(&gauges))?;
     }
 
     let names = Arc::new(Mutex::new(invert(applier.ids())));
     let events = bpf::open_events(&options.pin_dir)?;
-    let events_task = tokio::spawn(stream_events(events, Arc::clone(&names)));
+    let (alert_settings, alert_settings_rx) = watch::channel(config.alerts.clone());
+    let events_task = tokio::spawn(stream_events(
+        events,
+        Arc::clone(&names),
+        alert_settings_rx,
+        gauges,
+    ));
     let log_task = logger.map(|logger| tokio::spawn(drain_kernel_log(logger)));
 
     let (tx, mut rx) = mpsc::channel::<&'static str>(16);
@@ -246,6 +259,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 }
                 reload(&mut applier, &current, &loaded.config, trigger, &names);
                 current = loaded.config;
+                alert_settings.send_if_modified(|settings| {
+                    let changed = *settings != current.alerts;
+                    settings.clone_from(&current.alerts);
+                    changed
+                });
                 expiry = config::next_expiry(&current, std::time::SystemTime::now());
             }
         }
@@ -435,39 +453,156 @@ fn watch(
     Ok(watcher)
 }
 
-/// Reads drop events and logs them. The kernel already limits how many
-/// are sent; counters hold the full numbers.
-async fn stream_events(ring: RingBuf<MapData>, names: Arc<Mutex<BTreeMap<u32, String>>>) {
+/// How often the ring is drained even without a wake-up: the kernel
+/// submits without waking the reader until the ring is an eighth full.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often alert conditions are checked for their end.
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads source events, feeds the alert engine and sends what it finds to
+/// the log, the alert file and the alert command. The kernel already limits
+/// how many events are sent; counters hold the full numbers.
+async fn stream_events(
+    ring: RingBuf<MapData>,
+    names: Arc<Mutex<BTreeMap<u32, String>>>,
+    mut settings: watch::Receiver<AlertSettings>,
+    gauges: Arc<AlertGauges>,
+) {
     // SAFETY: the ring buffer's fd is owned by the `RingBuf` moved into the
     // AsyncFd and stays open for as long as the AsyncFd exists.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
         Ok(fd) => fd,
         Err(err) => {
-            tracing::error!(error = %err, "cannot poll the drop-event ring buffer; drops are still counted");
+            tracing::error!(error = %err, "cannot poll the source-event ring buffer; drops are still counted");
             return;
         }
     };
+    let mut engine = Engine::new(settings.borrow().clone());
+    let mut sink = Sink::new(&settings.borrow(), Arc::clone(&gauges));
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(TICK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settings_open = true;
+
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(guard) => guard,
-            Err(err) => {
-                tracing::error!(error = %err, "drop-event ring buffer failed");
-                return;
+        let records = tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(err) => {
+                        tracing::error!(error = %err, "source-event ring buffer failed");
+                        return;
+                    }
+                };
+                let records = drain_ring(guard.get_inner_mut(), &names, &mut engine);
+                guard.clear_ready();
+                records
+            }
+            _ = drain.tick() => drain_ring(fd.get_mut(), &names, &mut engine),
+            _ = tick.tick() => engine.tick(std::time::SystemTime::now()),
+            changed = settings.changed(), if settings_open => {
+                if changed.is_ok() {
+                    let next = settings.borrow_and_update().clone();
+                    sink.set_settings(&next);
+                    engine.set_settings(next);
+                } else {
+                    settings_open = false;
+                }
+                Vec::new()
             }
         };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(event) = decode_event(&item) {
-                let service = names
-                    .lock()
-                    .ok()
-                    .and_then(|n| n.get(&event.service).cloned())
-                    .unwrap_or_else(|| format!("#{}", event.service));
-                log_event(&event, &service);
-            }
-        }
-        guard.clear_ready();
+        sink.emit(&records);
+        gauges.update(&engine);
     }
+}
+
+/// Reads every record in the ring and feeds it to the engine.
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    names: &Mutex<BTreeMap<u32, String>>,
+    engine: &mut Engine,
+) -> Vec<alerts::Record> {
+    let clock = Clock::now();
+    let mut records = Vec::new();
+    while let Some(item) = ring.next() {
+        let Some(event) = decode_event(&item) else {
+            continue;
+        };
+        let service = names
+            .lock()
+            .ok()
+            .and_then(|n| n.get(&event.service).cloned())
+            .unwrap_or_else(|| format!("#{}", event.service));
+        log_event(&event, &service);
+        if let Some(observation) = observe(&event, service, &clock) {
+            records.extend(engine.observe(&observation));
+        }
+    }
+    records
+}
+
+/// The kernel's coarse monotonic clock mapped to the wall clock, read once
+/// per drain: the offset moves only when the wall clock is set.
+struct Clock {
+    monotonic_ns: u64,
+    wall: std::time::SystemTime,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the duration of the
+        // call; CLOCK_MONOTONIC always exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        Self {
+            monotonic_ns: (ts.tv_sec as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec as u64),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+
+    /// Wall-clock time of a kernel timestamp (0: unknown, taken as now).
+    fn wall(&self, kernel_ns: u64) -> std::time::SystemTime {
+        if kernel_ns == 0 {
+            return self.wall;
+        }
+        if kernel_ns >= self.monotonic_ns {
+            self.wall + Duration::from_nanos(kernel_ns - self.monotonic_ns)
+        } else {
+            self.wall
+                .checked_sub(Duration::from_nanos(self.monotonic_ns - kernel_ns))
+                .unwrap_or(self.wall)
+        }
+    }
+}
+
+/// An event as the alert engine takes it; `None` for a protocol without
+/// ports, which the kernel never tracks.
+fn observe(event: &SourceEvent, service: String, clock: &Clock) -> Option<Observation> {
+    let kind = match event.kind {
+        EVENT_DROP => ObservationKind::Drop,
+        EVENT_WOULD_DROP => ObservationKind::WouldDrop,
+        EVENT_ACCESS => ObservationKind::Access,
+        _ => return None,
+    };
+    let count = usize::from(event.port_count).min(event.ports.len());
+    Some(Observation {
+        time: clock.wall(event.ts_ns),
+        kind,
+        service,
+        source: event_source(event),
+        protocol: Protocol::from_number(event.proto)?,
+        port: event.port,
+        ports: event.ports[..count].to_vec(),
+        packets: event.packets,
+        first_seen: clock.wall(event.first_seen_ns),
+    })
 }
 
 /// Copies a [`SourceEvent`] out of a ring-buffer record.
@@ -495,16 +630,29 @@ pub fn event_source(event: &SourceEvent) -> IpAddr {
     }
 }
 
+/// Each event at debug level only: alerts and access records are the
+/// news worth reading.
 fn log_event(event: &SourceEvent, service: &str) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let source = event_source(event);
     let protocol = Protocol::from_number(event.proto)
         .map(Protocol::name)
         .unwrap_or("?");
-    if event.kind == EVENT_WOULD_DROP {
-        tracing::info!(src = %source, service, port = %format!("{protocol}/{}", event.port), "would drop (monitor mode)");
-    } else {
-        tracing::info!(src = %source, service, port = %format!("{protocol}/{}", event.port), "dropped");
-    }
+    let what = match event.kind {
+        EVENT_WOULD_DROP => "would drop (monitor mode)",
+        EVENT_ACCESS => "allowed",
+        _ => "dropped",
+    };
+    tracing::debug!(
+        src = %source,
+        service,
+        port = %format!("{protocol}/{}", event.port),
+        packets = event.packets,
+        why = event.why,
+        "{what}"
+    );
 }
 
 async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {

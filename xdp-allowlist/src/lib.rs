@@ -14,6 +14,7 @@ pub mod config;
 pub mod confirm;
 pub mod daemon;
 pub mod edit;
+pub mod events;
 pub mod explain;
 pub mod features;
 pub mod guard;

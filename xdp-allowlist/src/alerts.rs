@@ -151,12 +151,6 @@ pub enum Record {
     Access(AccessRecord),
 }
 
-impl serde::Serialize for Protocol {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
-    }
-}
-
 /// Alerts firing now, and what the engine had to leave out; shared with
 /// the metrics thread.
 #[derive(Debug, Default)]

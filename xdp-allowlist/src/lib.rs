@@ -4,6 +4,8 @@
 //! the file, `policy` and `apply` turn it into map writes, `bpf` owns the
 //! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI,
 //! `status` reads the counters and `features` says what the kernel offers.
+//! `stream` reads the kernel's source events, `alerts` turns them into
+//! probing alerts and access records, and `events` shows them to the user.
 
 pub mod alerts;
 pub mod apply;
@@ -23,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod reference;
 pub mod status;
+pub mod stream;
 
 /// The compiled kernel program, built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] =

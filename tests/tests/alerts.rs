@@ -9,7 +9,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::Command,
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -28,6 +28,15 @@ const SCANNED: [u16; 6] = [22, 8443, 9000, 9001, 9002, 9003];
 const METRICS: &str = "198.51.100.1:9725";
 
 fn config(events_file: &Path) -> String {
+    config_with(
+        events_file,
+        "window = \"60s\"\nscan_ports = 3\nsource_drops = 4\nsummary_interval = \"500ms\"\n",
+    )
+}
+
+/// The services every test here protects, with `alerts` as the body of the
+/// `[alerts]` section (and the file).
+fn config_with(events_file: &Path, alerts: &str) -> String {
     format!(
         r#"
 metrics_listen = "{METRICS}"
@@ -41,11 +50,7 @@ ports = ["tcp/9000-9003"]
 allow = ["{ALLOWED}/32"]
 
 [alerts]
-window = "60s"
-scan_ports = 3
-source_drops = 4
-summary_interval = "500ms"
-file = "{}"
+{alerts}file = "{}"
 "#,
         events_file.display()
     )
@@ -232,5 +237,106 @@ fn an_nmap_scan_raises_one_scan_alert_and_allowed_access_is_recorded() {
         text.lines()
             .any(|l| l.contains("ACCESS admin") && l.contains(ALLOWED)),
         "events:\n{text}"
+    );
+}
+
+/// `xdp-allowlist events --follow --json`, killed (by its pid) on drop.
+struct Follower(Child);
+
+impl Follower {
+    /// Stops the follower and returns what it printed.
+    fn finish(mut self) -> String {
+        let _ = self.0.kill();
+        let mut text = String::new();
+        if let Some(mut stdout) = self.0.stdout.take() {
+            let _ = stdout.read_to_string(&mut text);
+        }
+        let _ = self.0.wait();
+        text
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_scan_alert_ends_after_a_quiet_window_and_runs_the_command_twice() {
+    let pair = Pair::new(&[ALLOWED]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let events_file = dir.path().join("events.jsonl");
+    let command_file = dir.path().join("command.jsonl");
+    let alerts = format!(
+        "window = \"2s\"\nscan_ports = 3\nsummary_interval = \"500ms\"\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\n",
+        command_file.display()
+    );
+    let daemon = Daemon::start(&pair, &config_with(&events_file, &alerts));
+
+    // Started before the file exists: it waits for it.
+    let follower = Follower(
+        Command::new(xdp_allowlist_tests::daemon::binary())
+            .arg("--config")
+            .arg(&daemon.instance.config)
+            .args(["events", "--follow", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start events --follow: {e}")),
+    );
+
+    nmap(&pair);
+    wait_for_record(
+        &events_file,
+        &daemon,
+        Duration::from_secs(10),
+        is_scan_firing,
+    );
+    // Counts leave the 2 s window, then the condition stays false for
+    // another window: the end comes within seconds, not minutes.
+    let ended = wait_for_record(&events_file, &daemon, Duration::from_secs(15), |r| {
+        r["alert"] == "scan" && r["state"] == "ended" && r["source"] == CLIENT_V4
+    });
+    assert!(
+        ended["episode_drops"].as_u64().is_some_and(|n| n >= 3),
+        "{ended}"
+    );
+    daemon.wait_for_log("probing alert ended", Duration::from_secs(2));
+    let page = metrics(&pair);
+    assert!(
+        page.contains("xdp_allowlist_alerts_active{alert=\"scan\"} 0"),
+        "metrics:\n{page}"
+    );
+
+    // The command ran once for each, with the alert on its standard input.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let given = loop {
+        let given = records(&command_file);
+        if given.len() >= 2 || Instant::now() > deadline {
+            break given;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let states: Vec<&str> = given
+        .iter()
+        .filter(|r| r["alert"] == "scan")
+        .filter_map(|r| r["state"].as_str())
+        .collect();
+    assert_eq!(states, ["firing", "ended"], "command input: {given:#?}");
+
+    thread::sleep(Duration::from_secs(1));
+    let followed = follower.finish();
+    let followed: Vec<Value> = followed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(
+        followed.iter().any(is_scan_firing)
+            && followed
+                .iter()
+                .any(|r| r["alert"] == "scan" && r["state"] == "ended"),
+        "events --follow printed: {followed:#?}"
     );
 }

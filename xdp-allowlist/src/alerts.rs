@@ -287,6 +287,8 @@ pub struct Engine {
     sources: HashMap<IpAddr, Tracked>,
     prefixes: HashMap<IpNet, Tracked>,
     evicted: u64,
+    /// Alerts firing now, by [`AlertKind::index`].
+    active: [usize; 3],
 }
 
 impl Engine {
@@ -302,6 +304,7 @@ impl Engine {
             sources: HashMap::new(),
             prefixes: HashMap::new(),
             evicted: 0,
+            active: [0; 3],
         }
     }
 
@@ -317,11 +320,7 @@ impl Engine {
 
     /// Alerts of `kind` firing now.
     pub fn active(&self, kind: AlertKind) -> usize {
-        let table: Box<dyn Iterator<Item = &Tracked>> = match kind {
-            AlertKind::Prefix => Box::new(self.prefixes.values()),
-            _ => Box::new(self.sources.values()),
-        };
-        table.filter(|t| t.episodes[kind.index()].firing).count()
+        self.active[kind.index()]
     }
 
     /// Sources and prefixes forgotten because the tables were full.
@@ -406,6 +405,7 @@ impl Engine {
                     episode.last_true_ms = now_ms;
                     if !episode.firing {
                         episode.firing = true;
+                        self.active[kind.index()] += 1;
                         episode.drops = tracked.drops.total(bucket);
                         records.push(Record::Alert(alert_record(
                             settings,
@@ -430,6 +430,7 @@ impl Engine {
         let window_ms = self.window_ms();
         let bucket = self.bucket(now_ms);
         let settings = &self.settings;
+        let active = &mut self.active;
         let mut records = Vec::new();
 
         let mut check = |name: String, tracked: &mut Tracked, kinds: &[AlertKind]| {
@@ -455,6 +456,7 @@ impl Engine {
                     record.episode_drops = Some(episode.drops);
                     records.push(Record::Alert(record));
                     tracked.episodes[kind.index()] = Episode::default();
+                    active[kind.index()] = active[kind.index()].saturating_sub(1);
                 }
             }
         };
@@ -478,10 +480,10 @@ impl Engine {
         let capacity = self.capacity;
         let evicted = match table {
             Table::Sources if !self.sources.contains_key(&source) => {
-                evict(&mut self.sources, capacity)
+                evict(&mut self.sources, capacity, &mut self.active)
             }
             Table::Prefixes if !self.prefixes.contains_key(&prefix) => {
-                evict(&mut self.prefixes, capacity)
+                evict(&mut self.prefixes, capacity, &mut self.active)
             }
             _ => 0,
         };
@@ -497,7 +499,13 @@ impl Engine {
     }
 }
 
-fn evict<K: Copy + Eq + std::hash::Hash>(map: &mut HashMap<K, Tracked>, capacity: usize) -> usize {
+/// Forgets the least recently seen sixteenth of a full table; an alert
+/// still firing on a forgotten entry just stops (no `ended` record).
+fn evict<K: Copy + Eq + std::hash::Hash>(
+    map: &mut HashMap<K, Tracked>,
+    capacity: usize,
+    active: &mut [usize; 3],
+) -> usize {
     if map.len() < capacity {
         return 0;
     }
@@ -511,7 +519,13 @@ fn evict<K: Copy + Eq + std::hash::Hash>(map: &mut HashMap<K, Tracked>, capacity
         order.select_nth_unstable_by_key(count, |(f, t, _)| (*f, *t));
     }
     for (_, _, key) in &order[..count] {
-        map.remove(key);
+        if let Some(gone) = map.remove(key) {
+            for kind in AlertKind::ALL {
+                if gone.episodes[kind.index()].firing {
+                    active[kind.index()] = active[kind.index()].saturating_sub(1);
+                }
+            }
+        }
     }
     count
 }

@@ -83,7 +83,12 @@ pub async fn stream_events(
     }
 }
 
-/// Reads every record in the ring and feeds it to the engine.
+/// Most records taken in one drain: twice what the ring holds, so that a
+/// kernel refilling it as fast as it is read cannot keep the task here.
+const MAX_PER_DRAIN: usize =
+    2 * xdp_allowlist_common::EVENTS_RING_BYTES as usize / std::mem::size_of::<SourceEvent>();
+
+/// Reads the records in the ring and feeds them to the engine.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
     names: &Mutex<BTreeMap<u32, String>>,
@@ -91,7 +96,10 @@ fn drain_ring(
 ) -> Vec<alerts::Record> {
     let clock = Clock::now();
     let mut records = Vec::new();
-    while let Some(item) = ring.next() {
+    for _ in 0..MAX_PER_DRAIN {
+        let Some(item) = ring.next() else {
+            break;
+        };
         let Some(event) = decode_event(&item) else {
             continue;
         };

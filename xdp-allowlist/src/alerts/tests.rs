@@ -281,3 +281,23 @@ fn records_serialise_as_documented() {
     assert_eq!(line["packets"], 4);
     assert!(line.get("connections").is_none());
 }
+
+#[test]
+fn active_counts_follow_firing_ending_and_eviction() {
+    let mut engine = Engine::with_capacity(settings(), 16);
+    for host in 1..=3u8 {
+        engine.observe(&drop(&format!("198.51.100.{host}"), 22, 100, at(0.0)));
+    }
+    assert_eq!(engine.active(AlertKind::Source), 3);
+
+    // Fill the table with firing sources: the oldest firing ones go.
+    for host in 10..60u8 {
+        engine.observe(&drop(&format!("203.0.113.{host}"), 22, 100, at(1.0)));
+    }
+    let (sources, _) = engine.tracked();
+    assert_eq!(engine.active(AlertKind::Source), sources);
+
+    engine.tick(at(200.0));
+    assert_eq!(engine.active(AlertKind::Source), 0);
+    assert_eq!(engine.tracked(), (0, 0));
+}

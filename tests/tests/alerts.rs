@@ -340,3 +340,39 @@ fn a_scan_alert_ends_after_a_quiet_window_and_runs_the_command_twice() {
         "events --follow printed: {followed:#?}"
     );
 }
+
+#[test]
+fn alert_thresholds_follow_a_reloaded_configuration() {
+    let pair = Pair::new(&[ALLOWED]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let events_file = dir.path().join("events.jsonl");
+    let strict = "scan_ports = 50\n";
+    let daemon = Daemon::start(&pair, &config_with(&events_file, strict));
+
+    nmap(&pair);
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        !records(&events_file).iter().any(is_scan_firing),
+        "6 ports cannot reach scan_ports = 50"
+    );
+
+    // A new threshold and a new kernel summary interval: the interval is a
+    // kernel setting, so it makes a new generation.
+    let text = format!(
+        "interfaces = [\"{}\"]\n{}",
+        pair.server_if,
+        config_with(&events_file, "scan_ports = 3\nsummary_interval = \"1s\"\n")
+    );
+    fs::write(&daemon.instance.config, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    daemon.wait_for_log("new generation applied", Duration::from_secs(5));
+    let status = daemon.instance.status();
+    assert_eq!(status["generation"], 2, "{status}");
+
+    nmap(&pair);
+    wait_for_record(
+        &events_file,
+        &daemon,
+        Duration::from_secs(10),
+        is_scan_firing,
+    );
+}

@@ -228,7 +228,7 @@ impl Fixture {
             bpf::open_map(self.pin_dir(), EVENTS_MAP).unwrap_or_else(|e| panic!("{e:#}"));
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
-            let event = xdp_allowlist::daemon::decode_event(&item)
+            let event = xdp_allowlist::stream::decode_event(&item)
                 .unwrap_or_else(|| panic!("a {}-byte record is not an event", item.len()));
             events.push(event);
         }

@@ -116,7 +116,9 @@ fn udp_to_a_protected_port_is_dropped_and_counted() {
     let pair = Pair::new(&[]);
     let daemon = Daemon::start(
         &pair,
-        "[services.dns]\nports = [\"udp/5353\"]\nallow = [\"203.0.113.0/24\"]\n",
+        // Drop events are logged at debug level; an alert at the first
+        // drop shows at the default level that the daemon saw them.
+        "[services.dns]\nports = [\"udp/5353\"]\nallow = [\"203.0.113.0/24\"]\n[alerts]\nsource_drops = 1\n",
     );
     let protected = pair.udp_received(CLIENT_V4, SERVER_V4, 5353, 20);
     assert_eq!(
@@ -151,10 +153,14 @@ fn udp_to_a_protected_port_is_dropped_and_counted() {
         status["events"]["sent"].as_u64().unwrap_or(0) >= 1,
         "a drop event was sent: {status}"
     );
-    daemon.wait_for_log("dropped", Duration::from_secs(3));
+    daemon.wait_for_log("probing alert firing", Duration::from_secs(3));
     assert!(
-        daemon.log_text().contains("src=198.51.100.2"),
-        "the drop event names the source"
+        daemon
+            .log_text()
+            .lines()
+            .any(|l| l.contains("probing alert firing") && l.contains("src=198.51.100.2")),
+        "the alert names the source: {}",
+        daemon.log_text()
     );
 }
 

@@ -56,7 +56,7 @@ fn udp_v4(src: Ipv4Addr, dport: u16) -> Vec<u8> {
 }
 
 fn addr_of(event: &SourceEvent) -> IpAddr {
-    xdp_allowlist::daemon::event_source(event)
+    xdp_allowlist::stream::event_source(event)
 }
 
 #[test]

@@ -15,9 +15,7 @@ use std::{
 };
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use xdp_allowlist_common::{
-    Control, CONTROL_TUNNEL_DROP, DEFAULT_NEW_SOURCES_PER_SEC, DEFAULT_SUMMARY_INTERVAL_MS,
-};
+use xdp_allowlist_common::{Control, CONTROL_TUNNEL_DROP};
 
 use crate::{
     config::{Config, TunnelPolicy},
@@ -167,8 +165,8 @@ impl<M: PolicyMaps> Applier<M> {
             && ids == self.ids
             && self.control.flags == flags
             && self.control.events_per_sec == config.events_per_second
-            && self.control.summary_interval_ms == DEFAULT_SUMMARY_INTERVAL_MS
-            && self.control.new_sources_per_sec == DEFAULT_NEW_SOURCES_PER_SEC;
+            && self.control.summary_interval_ms == config.alerts.summary_interval_ms()
+            && self.control.new_sources_per_sec == config.alerts.new_sources_per_second;
         if unchanged {
             return Ok(ApplyReport {
                 generation: self.control.generation,
@@ -211,8 +209,8 @@ impl<M: PolicyMaps> Applier<M> {
             flags,
             generation,
             events_per_sec: config.events_per_second,
-            summary_interval_ms: DEFAULT_SUMMARY_INTERVAL_MS,
-            new_sources_per_sec: DEFAULT_NEW_SOURCES_PER_SEC,
+            summary_interval_ms: config.alerts.summary_interval_ms(),
+            new_sources_per_sec: config.alerts.new_sources_per_second,
             _pad: 0,
         };
         self.maps

@@ -29,6 +29,20 @@ pub struct Cli {
     #[arg(long, global = true, env = "XDP_ALLOWLIST_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 
+    /// How the log on standard error is written: `text` for people (under
+    /// systemd, where JOURNAL_STREAM is set, without timestamps or colours,
+    /// since journald adds its own) or `json`, one object per line with the
+    /// fields apart, for log collectors. XDP_ALLOWLIST_LOG sets the level
+    /// (`info`, `debug` shows every source event).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "XDP_ALLOWLIST_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -137,6 +151,24 @@ pub enum Command {
         /// Only this interface (repeatable); the maps stay pinned.
         #[arg(long = "iface")]
         interfaces: Vec<String>,
+    },
+
+    /// Show probing alerts and access records from the `[alerts] file`.
+    ///
+    /// The daemon appends each alert (firing and ended) and each access
+    /// record to the JSON-lines file named by `file` in the configuration's
+    /// `[alerts]` section; this prints them, one line each, oldest first.
+    /// Exits 2 when the configuration names no such file. Changes nothing.
+    ///
+    /// Example: xdp-allowlist events --follow
+    Events {
+        /// Keep printing new records as the daemon writes them (until
+        /// interrupted); a truncated or rotated file is followed from its start.
+        #[arg(long)]
+        follow: bool,
+        /// Print the JSON lines as written instead of the one-line summary.
+        #[arg(long)]
+        json: bool,
     },
 
     /// Print a shell completion script to standard output.
@@ -264,4 +296,11 @@ pub enum AllowCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

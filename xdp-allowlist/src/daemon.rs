@@ -1,6 +1,7 @@
 //! `run`: the daemon. Loads or adopts the pinned filter, applies the
 //! configuration as a generation, attaches, then follows the file (watch,
-//! SIGHUP, and a slow poll as a safety net) and streams drop events.
+//! SIGHUP, and a slow poll as a safety net) and turns the kernel's source
+//! events into probing alerts and access records (see [`crate::alerts`]).
 //!
 //! Stopping the daemon leaves the filter attached and enforcing the last
 //! applied generation; only `detach` removes it.
@@ -8,24 +9,26 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use fs2::FileExt as _;
 use notify::Watcher as _;
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
-use xdp_allowlist_common::{SourceEvent, EVENT_WOULD_DROP, FAMILY_V4};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::SignalKind,
+    sync::{mpsc, watch},
+};
 
 use crate::{
+    alerts::AlertGauges,
     apply::Applier,
     audit,
     bpf::{self, BpfMaps},
-    config::{self, Config, Protocol},
+    config::{self, Config},
     policy::describe_changes,
 };
 
@@ -151,13 +154,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // to an interface that is deleted and created again.
     let mut program = loaded.program;
 
+    let gauges = Arc::new(AlertGauges::default());
     if let Some(listen) = config.metrics_listen {
-        crate::metrics::serve(listen, &options.pin_dir)?;
+        crate::metrics::serve(listen, &options.pin_dir, Arc::clone(&gauges))?;
     }
 
     let names = Arc::new(Mutex::new(invert(applier.ids())));
     let events = bpf::open_events(&options.pin_dir)?;
-    let events_task = tokio::spawn(stream_events(events, Arc::clone(&names)));
+    let (alert_settings, alert_settings_rx) = watch::channel(config.alerts.clone());
+    let events_task = tokio::spawn(crate::stream::stream_events(
+        events,
+        Arc::clone(&names),
+        alert_settings_rx,
+        gauges,
+    ));
     let log_task = logger.map(|logger| tokio::spawn(drain_kernel_log(logger)));
 
     let (tx, mut rx) = mpsc::channel::<&'static str>(16);
@@ -246,6 +256,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 }
                 reload(&mut applier, &current, &loaded.config, trigger, &names);
                 current = loaded.config;
+                alert_settings.send_if_modified(|settings| {
+                    let changed = *settings != current.alerts;
+                    settings.clone_from(&current.alerts);
+                    changed
+                });
                 expiry = config::next_expiry(&current, std::time::SystemTime::now());
             }
         }
@@ -433,78 +448,6 @@ fn watch(
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("cannot watch {}", dir.display()))?;
     Ok(watcher)
-}
-
-/// Reads drop events and logs them. The kernel already limits how many
-/// are sent; counters hold the full numbers.
-async fn stream_events(ring: RingBuf<MapData>, names: Arc<Mutex<BTreeMap<u32, String>>>) {
-    // SAFETY: the ring buffer's fd is owned by the `RingBuf` moved into the
-    // AsyncFd and stays open for as long as the AsyncFd exists.
-    let mut fd = match unsafe { AsyncFd::register(ring) } {
-        Ok(fd) => fd,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot poll the drop-event ring buffer; drops are still counted");
-            return;
-        }
-    };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(guard) => guard,
-            Err(err) => {
-                tracing::error!(error = %err, "drop-event ring buffer failed");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(event) = decode_event(&item) {
-                let service = names
-                    .lock()
-                    .ok()
-                    .and_then(|n| n.get(&event.service).cloned())
-                    .unwrap_or_else(|| format!("#{}", event.service));
-                log_event(&event, &service);
-            }
-        }
-        guard.clear_ready();
-    }
-}
-
-/// Copies a [`SourceEvent`] out of a ring-buffer record.
-pub fn decode_event(bytes: &[u8]) -> Option<SourceEvent> {
-    if bytes.len() < std::mem::size_of::<SourceEvent>() {
-        return None;
-    }
-    // SAFETY: the record holds at least size_of::<SourceEvent>() bytes and
-    // SourceEvent is plain data (every bit pattern valid); read_unaligned
-    // has no alignment requirement.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SourceEvent>()) })
-}
-
-/// The source address of an event.
-pub fn event_source(event: &SourceEvent) -> IpAddr {
-    if event.family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(
-            event.addr[0],
-            event.addr[1],
-            event.addr[2],
-            event.addr[3],
-        ))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(event.addr))
-    }
-}
-
-fn log_event(event: &SourceEvent, service: &str) {
-    let source = event_source(event);
-    let protocol = Protocol::from_number(event.proto)
-        .map(Protocol::name)
-        .unwrap_or("?");
-    if event.kind == EVENT_WOULD_DROP {
-        tracing::info!(src = %source, service, port = %format!("{protocol}/{}", event.port), "would drop (monitor mode)");
-    } else {
-        tracing::info!(src = %source, service, port = %format!("{protocol}/{}", event.port), "dropped");
-    }
 }
 
 async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {

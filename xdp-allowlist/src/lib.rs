@@ -4,8 +4,11 @@
 //! the file, `policy` and `apply` turn it into map writes, `bpf` owns the
 //! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI,
 //! `status` reads the counters and `features` says what the kernel offers.
-//! `sources` reads the per-source accounting that `stats` and `top` show.
+//! `sources` reads the per-source accounting that `stats` and `top` show;
+//! `stream` reads the kernel's source events, `alerts` turns them into
+//! probing alerts and access records, and `events` shows them to the user.
 
+pub mod alerts;
 pub mod apply;
 pub mod audit;
 pub mod bpf;
@@ -14,6 +17,7 @@ pub mod config;
 pub mod confirm;
 pub mod daemon;
 pub mod edit;
+pub mod events;
 pub mod explain;
 pub mod features;
 pub mod guard;
@@ -24,6 +28,7 @@ pub mod reference;
 pub mod sources;
 pub mod stats;
 pub mod status;
+pub mod stream;
 pub mod top;
 
 /// The compiled kernel program, built by `build.rs`.

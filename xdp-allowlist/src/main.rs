@@ -7,13 +7,13 @@ use clap::{CommandFactory as _, FromArgMatches as _};
 use serde_json::json;
 use xdp_allowlist::{
     bpf,
-    cli::{AllowCommand, Cli, Command},
+    cli::{AllowCommand, Cli, Command, LogFormat},
     config, daemon, edit, exit_code, features, status, UsageError,
 };
 
 fn main() -> ExitCode {
     let cli = parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -36,13 +36,22 @@ fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("XDP_ALLOWLIST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // journald stamps each line itself and shows no colours.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text if journal => builder.without_time().with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(colour).init(),
+    }
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -50,6 +59,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         config: config_path,
         pin_dir,
         command,
+        log_format: _,
     } = cli;
     match command {
         Command::Run(args) => {
@@ -228,6 +238,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             port,
             json,
         } => explain(&config_path, &pin_dir, &address, &port, json),
+        Command::Events { follow, json } => xdp_allowlist::events::show(&config_path, follow, json),
         Command::Completions { shell } => {
             // Into a buffer first: the generator panics on a write error,
             // such as a closed pipe.

@@ -5,7 +5,10 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::atomic::AtomicU64,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use prometheus_client::{
@@ -14,7 +17,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::status::{self, Status};
+use crate::{
+    alerts::{AlertGauges, AlertKind},
+    status::{self, Status},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
@@ -29,17 +35,26 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    alert: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     outcome: &'static str,
 }
 
-/// Renders `status` in the Prometheus text format.
+/// Renders `status`, and the daemon's alert counts when given, in the
+/// Prometheus text format.
 ///
 /// # Errors
 ///
 /// Only if formatting fails.
-pub fn render(status: &Status) -> Result<String, std::fmt::Error> {
+pub fn render(status: &Status, alerts: Option<&AlertGauges>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("xdp_allowlist");
+    if let Some(alerts) = alerts {
+        register_alerts(&mut registry, alerts);
+    }
 
     let packets = Family::<ServiceLabels, Counter<u64, AtomicU64>>::default();
     let bytes = Family::<ServiceLabels, Counter<u64, AtomicU64>>::default();
@@ -133,13 +148,44 @@ pub fn render(status: &Status) -> Result<String, std::fmt::Error> {
     Ok(text)
 }
 
+/// The alert engine's state: by kind of alert, never by source.
+fn register_alerts(registry: &mut Registry, alerts: &AlertGauges) {
+    let active = Family::<AlertLabels, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+    for kind in AlertKind::ALL {
+        active
+            .get_or_create(&AlertLabels { alert: kind.name() })
+            .set(i64::try_from(alerts.active(kind)).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "alerts_active",
+        "Probing alerts firing now, by kind (source, prefix, scan)",
+        active,
+    );
+
+    let evicted = Counter::<u64, AtomicU64>::default();
+    evicted.inc_by(alerts.evicted.load(Ordering::Relaxed));
+    registry.register(
+        "alert_evictions",
+        "Sources and prefixes the alert engine forgot because its tables were full",
+        evicted,
+    );
+
+    let skipped = Counter::<u64, AtomicU64>::default();
+    skipped.inc_by(alerts.commands_skipped.load(Ordering::Relaxed));
+    registry.register(
+        "alert_commands_skipped",
+        "Alerts not handed to the alert command because too many were still running",
+        skipped,
+    );
+}
+
 /// Serves `/metrics` on `listen` from a thread of its own, for as long as
-/// the process runs.
+/// the process runs. `alerts` is read on every scrape.
 ///
 /// # Errors
 ///
 /// When the address cannot be bound.
-pub fn serve(listen: SocketAddr, pin_dir: &Path) -> anyhow::Result<()> {
+pub fn serve(listen: SocketAddr, pin_dir: &Path, alerts: Arc<AlertGauges>) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} for metrics: {e}"))?;
     let pin_dir: PathBuf = pin_dir.to_owned();
@@ -149,7 +195,7 @@ pub fn serve(listen: SocketAddr, pin_dir: &Path) -> anyhow::Result<()> {
             for request in server.incoming_requests() {
                 let (code, body) = match request.url() {
                     "/metrics" => match status::read(&pin_dir) {
-                        Ok(status) => match render(&status) {
+                        Ok(status) => match render(&status, Some(&alerts)) {
                             Ok(text) => (200, text),
                             Err(err) => (500, err.to_string()),
                         },
@@ -169,4 +215,58 @@ pub fn serve(listen: SocketAddr, pin_dir: &Path) -> anyhow::Result<()> {
         })?;
     tracing::info!(%listen, "serving Prometheus metrics on /metrics");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_gauges_are_labelled_by_kind_only() {
+        let status = Status {
+            pin_dir: String::new(),
+            generation: 1,
+            active_slot: 0,
+            attachments: Vec::new(),
+            services: Default::default(),
+            reasons: Default::default(),
+            events: Default::default(),
+        };
+        let mut engine = crate::alerts::Engine::new(crate::config::AlertSettings {
+            scan_ports: 2,
+            ..Default::default()
+        });
+        for port in [22, 8443] {
+            engine.observe(&crate::alerts::Observation {
+                time: std::time::SystemTime::now(),
+                kind: crate::alerts::ObservationKind::Drop,
+                service: "admin".to_owned(),
+                source: "198.51.100.2".parse().expect("address"),
+                protocol: crate::config::Protocol::Tcp,
+                port,
+                ports: vec![port],
+                packets: 1,
+                first_seen: std::time::SystemTime::now(),
+            });
+        }
+        let gauges = AlertGauges::default();
+        gauges.update(&engine);
+
+        let text = render(&status, Some(&gauges)).expect("render");
+        assert!(
+            text.contains("xdp_allowlist_alerts_active{alert=\"scan\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("xdp_allowlist_alerts_active{alert=\"source\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("198.51.100.2"),
+            "no per-source label: {text}"
+        );
+        assert!(!render(&status, None)
+            .expect("render")
+            .contains("alerts_active"));
+    }
 }

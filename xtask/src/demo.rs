@@ -167,14 +167,14 @@ pub fn demo(binary: &Path) -> anyhow::Result<()> {
         bail!("the filter did not behave as expected (allowed={allowed}, refused={refused}, unprotected={unprotected})");
     }
 
-    step("the counters (xdp-allowlist status) and the drop events the daemon logged");
+    step("the counters (xdp-allowlist status) and the access records the daemon logged");
     show(
         Command::new(binary)
             .arg("--pin-dir")
             .arg(&world.pin_dir)
             .arg("status"),
     )?;
-    print_log(&log_path, &["dropped"]);
+    print_log(&log_path, &["access", "probing alert"]);
 
     step(&format!(
         "allowing {REFUSED_ADDR} with `xdp-allowlist allow add` (no restart)"

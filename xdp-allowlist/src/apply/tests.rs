@@ -156,6 +156,23 @@ fn unchanged_configurations_cost_nothing() {
 }
 
 #[test]
+fn alert_settings_reach_the_kernel_control_and_count_as_a_change() {
+    let mut applier = applied(BEFORE);
+    let control = applier.maps().control().expect("control");
+    assert_eq!(control.summary_interval_ms, 2_000);
+    assert_eq!(control.new_sources_per_sec, 20_000);
+
+    let tuned =
+        format!("{BEFORE}[alerts]\nsummary_interval = \"500ms\"\nnew_sources_per_second = 7\n");
+    let report = applier.apply(&config(&tuned)).expect("apply tuned");
+    assert!(!report.unchanged, "new kernel settings must be applied");
+    let control = applier.maps().control().expect("control");
+    assert_eq!(control.summary_interval_ms, 500);
+    assert_eq!(control.new_sources_per_sec, 7);
+    assert!(applier.apply(&config(&tuned)).expect("again").unchanged);
+}
+
+#[test]
 fn small_changes_cost_small_writes() {
     let mut applier = applied(BEFORE);
     let changed = BEFORE.replace(

@@ -12,6 +12,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -41,6 +42,67 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Address of the Prometheus endpoint; off unless set.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[alerts]`: probing alerts, access records and where they go.
+    pub alerts: AlertSettings,
+}
+
+/// The `[alerts]` section: when the daemon raises a probing alert, how the
+/// kernel summarises sources, and where alerts and access records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertSettings {
+    /// The sliding window every threshold is counted over; also how long a
+    /// condition must stay false before its alert ends.
+    pub window: Duration,
+    /// Drops (or would-drops) from one source within the window that raise
+    /// a `source` alert.
+    pub source_drops: u64,
+    /// Drops from one /24 (IPv4) or /64 (IPv6) within the window that raise
+    /// a `prefix` alert.
+    pub prefix_drops: u64,
+    /// Distinct protected ports one refused source touched within the window
+    /// that raise a `scan` alert.
+    pub scan_ports: u32,
+    /// Least time between two kernel events about one source
+    /// (`Control::summary_interval_ms`).
+    pub summary_interval: Duration,
+    /// Most new sources one CPU starts tracking per second
+    /// (`Control::new_sources_per_sec`).
+    pub new_sources_per_second: u32,
+    /// JSON-lines file that alerts and access records are appended to.
+    pub file: Option<PathBuf>,
+    /// Program and arguments run once per alert (firing and ended) with the
+    /// alert as JSON on standard input; empty when not set.
+    pub command: Vec<String>,
+    /// A command still running after this long is killed.
+    pub command_timeout: Duration,
+    /// Log and write access records (allowed sources reaching protected ports).
+    pub access_records: bool,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            source_drops: 100,
+            prefix_drops: 1000,
+            scan_ports: 5,
+            summary_interval: Duration::from_millis(u64::from(
+                xdp_allowlist_common::DEFAULT_SUMMARY_INTERVAL_MS,
+            )),
+            new_sources_per_second: xdp_allowlist_common::DEFAULT_NEW_SOURCES_PER_SEC,
+            file: None,
+            command: Vec::new(),
+            command_timeout: Duration::from_secs(10),
+            access_records: true,
+        }
+    }
+}
+
+impl AlertSettings {
+    /// `summary_interval` in whole milliseconds, as the kernel takes it.
+    pub fn summary_interval_ms(&self) -> u32 {
+        u32::try_from(self.summary_interval.as_millis()).unwrap_or(u32::MAX)
+    }
 }
 
 /// `xdp_mode`: native (driver) XDP, generic (skb) XDP, or native with a
@@ -145,6 +207,13 @@ impl Protocol {
             Protocol::Udp => "udp",
             Protocol::Sctp => "sctp",
         }
+    }
+}
+
+/// As its name: `"tcp"`, `"udp"`, `"sctp"`.
+impl serde::Serialize for Protocol {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 

@@ -11,6 +11,8 @@ use std::{
 use ipnet::IpNet;
 use toml_edit::{ImDocument, Item, Table, Value};
 
+mod alerts;
+
 use super::{
     parse_cidr, parse_port_spec, AllowEntry, Config, ConfigError, Loaded, Problem, Protocol,
     Service, ServiceMode, TunnelPolicy, XdpModeSetting, DEFAULT_AUDIT_LOG, DEFAULT_CAPACITY,
@@ -26,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "audit_log",
     "metrics_listen",
     "services",
+    "alerts",
 ];
 const SERVICE_KEYS: &[&str] = &["ports", "allow", "mode"];
 const ENTRY_KEYS: &[&str] = &["cidr", "note", "expires"];
@@ -185,7 +188,10 @@ impl Walker {
             },
         };
 
+        let alerts = self.alerts(root.get("alerts"));
+
         let config = Config {
+            alerts,
             interfaces,
             xdp_mode,
             tunnel_policy,

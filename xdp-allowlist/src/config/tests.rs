@@ -42,7 +42,9 @@ fn the_documented_example_parses() {
         services,
         audit_log,
         metrics_listen,
+        alerts,
     } = loaded.config;
+    assert_eq!(alerts, AlertSettings::default());
     assert_eq!(metrics_listen, None);
     assert_eq!(audit_log.as_deref(), Some(Path::new(DEFAULT_AUDIT_LOG)));
     assert_eq!(interfaces, vec!["eth0".to_owned()]);
@@ -378,4 +380,106 @@ fn cidr_parsing_is_shared_with_the_cli() {
         parse_cidr("198.51.100.1/24"),
         Err(CidrError::HostBits { .. })
     ));
+}
+
+#[test]
+fn an_alerts_section_sets_every_key() {
+    let text = r#"
+[alerts]
+window = "5m"
+source_drops = 10
+prefix_drops = 50
+scan_ports = 3
+summary_interval = "1s"
+new_sources_per_second = 500
+file = "/var/log/xdp-allowlist/events.jsonl"
+command = ["/usr/local/bin/notify", "--team", "net"]
+command_timeout = "3s"
+access_records = false
+"#;
+    let alerts = parse(text).expect("valid [alerts]").config.alerts;
+    let AlertSettings {
+        window,
+        source_drops,
+        prefix_drops,
+        scan_ports,
+        summary_interval,
+        new_sources_per_second,
+        file,
+        command,
+        command_timeout,
+        access_records,
+    } = alerts;
+    assert_eq!(window, std::time::Duration::from_secs(300));
+    assert_eq!(source_drops, 10);
+    assert_eq!(prefix_drops, 50);
+    assert_eq!(scan_ports, 3);
+    assert_eq!(summary_interval, std::time::Duration::from_secs(1));
+    assert_eq!(new_sources_per_second, 500);
+    assert_eq!(
+        file.as_deref(),
+        Some(Path::new("/var/log/xdp-allowlist/events.jsonl"))
+    );
+    assert_eq!(command, ["/usr/local/bin/notify", "--team", "net"]);
+    assert_eq!(command_timeout, std::time::Duration::from_secs(3));
+    assert!(!access_records);
+}
+
+#[test]
+fn alert_defaults_match_the_kernel_defaults() {
+    let alerts = AlertSettings::default();
+    assert_eq!(alerts.window, std::time::Duration::from_secs(60));
+    assert_eq!(
+        alerts.summary_interval_ms(),
+        xdp_allowlist_common::DEFAULT_SUMMARY_INTERVAL_MS
+    );
+    assert_eq!(
+        alerts.new_sources_per_second,
+        xdp_allowlist_common::DEFAULT_NEW_SOURCES_PER_SEC
+    );
+    assert!(alerts.access_records);
+    assert!(alerts.file.is_none() && alerts.command.is_empty());
+}
+
+#[test]
+fn bad_alert_values_are_refused_with_their_line() {
+    for (text, needle) in [
+        ("[alerts]\nwindow = \"0s\"\n", "`window` is `0s`"),
+        ("[alerts]\nwindow = \"soon\"\n", "not a duration"),
+        ("[alerts]\nwindow = 60\n", "duration string"),
+        (
+            "[alerts]\nsource_drops = 0\n",
+            "`source_drops` must be a whole number from 1",
+        ),
+        ("[alerts]\nprefix_drops = -3\n", "`prefix_drops`"),
+        ("[alerts]\nscan_ports = 0\n", "`scan_ports`"),
+        ("[alerts]\ncommand = []\n", "it is empty"),
+        ("[alerts]\ncommand = [\"\", \"x\"]\n", "first element"),
+        ("[alerts]\ncommand = \"notify --all\"\n", "no shell"),
+        ("[alerts]\nfile = \"\"\n", "`file` in [alerts]"),
+        ("[alerts]\naccess_records = \"yes\"\n", "true or false"),
+        (
+            "[alerts]\nsummary_interval = \"10ms\"\n",
+            "`summary_interval`",
+        ),
+        ("[alerts]\ncommand_timeout = \"2h\"\n", "`command_timeout`"),
+        (
+            "[alerts]\nwindow = \"60s\"\nthreshold = 3\n",
+            "unknown key `threshold` in [alerts]",
+        ),
+        ("alerts = 3\n", "must be a table"),
+    ] {
+        let problem = only_problem(text);
+        assert!(
+            problem.message.contains(needle),
+            "{text:?}: expected `{needle}` in `{}`",
+            problem.message
+        );
+        let expected_line = if text.starts_with("alerts") {
+            1
+        } else {
+            text.lines().count()
+        };
+        assert_eq!(problem.line, expected_line, "{text:?}: {problem:?}");
+    }
 }

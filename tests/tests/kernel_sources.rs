@@ -87,6 +87,7 @@ fn refused_sources_are_counted_and_reported_once_per_news() {
     );
     assert_eq!(addr_of(&first), source);
     assert_eq!(first.service, fx.service_id("admin"));
+    assert_eq!(first.cpu, 0, "the fixture runs every packet on CPU 0");
 
     // The same port again is no news: counted, not reported.
     for _ in 0..5 {

@@ -352,7 +352,10 @@ pub struct SourceEvent {
     pub why: u8,
     pub port_count: u16,
     pub other_port_packets: u16,
-    pub _pad: [u8; 2],
+    /// The CPU whose [`SourceStats`] the event reports: together with the
+    /// key it names one per-CPU value, so a reader that also reads
+    /// [`SOURCES_MAP`] can tell what it already counted.
+    pub cpu: u16,
     pub addr: [u8; 16],
     pub ports: [u16; SOURCE_PORTS],
 }

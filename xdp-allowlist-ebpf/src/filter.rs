@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -487,7 +487,9 @@ fn send_event(
         why,
         port_count: stats.port_count,
         other_port_packets: stats.other_port_packets,
-        _pad: [0; 2],
+        // SAFETY: a helper without preconditions; XDP runs with migration
+        // disabled, so it names the CPU whose per-CPU value `stats` is.
+        cpu: unsafe { bpf_get_smp_processor_id() } as u16,
         addr,
         ports: stats.ports,
     });

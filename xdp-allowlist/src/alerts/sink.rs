@@ -268,13 +268,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("sub/events.jsonl");
         let out = dir.path().join("stdin.json");
+        let command = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            format!("cat > {}", out.display()),
+        ];
+        // The file first, with no command: commands started by `emit` would
+        // race the one awaited below for the same output file.
         let settings = AlertSettings {
             file: Some(file.clone()),
-            command: vec![
-                "/bin/sh".to_owned(),
-                "-c".to_owned(),
-                format!("cat > {}", out.display()),
-            ],
             ..AlertSettings::default()
         };
         let mut sink = Sink::new(&settings, Arc::default());
@@ -290,6 +292,13 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["alert"], AlertKind::Source.name());
 
+        let sink = Sink::new(
+            &AlertSettings {
+                command,
+                ..AlertSettings::default()
+            },
+            Arc::default(),
+        );
         let task = sink.run_command(&alert).expect("command started");
         task.await.expect("command task");
         let given: serde_json::Value =

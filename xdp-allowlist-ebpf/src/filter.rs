@@ -335,7 +335,7 @@ fn track(
     // precision is plenty for first/last seen and one-second windows.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
-    if let Some(stats) = SOURCES.get_ptr_mut(&key) {
+    if let Some(stats) = SOURCES.get_ptr_mut(key) {
         // SAFETY: this CPU's value of an entry the lookup just returned;
         // per-CPU, so no other CPU writes it while the program runs.
         let stats = unsafe { &mut *stats };
@@ -398,7 +398,7 @@ fn track(
     send_event(
         control, now, kind, WHY_FIRST, service, port, family, addr, &mut stats,
     );
-    let _ = SOURCES.insert(&key, &stats, 0);
+    let _ = SOURCES.insert(key, stats, 0);
 }
 
 /// Adds `port` to the source's ports; true when it was not there yet.

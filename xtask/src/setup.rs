@@ -60,8 +60,8 @@ pub fn setup() -> anyhow::Result<()> {
     }
 
     let nightly = kernel_toolchain()?;
-    if !nightly_has_rust_src(&nightly) {
-        println!("setup: installing the {nightly} toolchain with rust-src (the kernel crate needs build-std; pinned in xdp-allowlist-ebpf/rust-toolchain.toml)");
+    if !nightly_has_components(&nightly) {
+        println!("setup: installing the {nightly} toolchain with rust-src and clippy (the kernel crate needs build-std; pinned in xdp-allowlist-ebpf/rust-toolchain.toml)");
         run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -70,12 +70,15 @@ pub fn setup() -> anyhow::Result<()> {
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "clippy",
         ]))?;
-        if !nightly_has_rust_src(&nightly) {
+        if !nightly_has_components(&nightly) {
             run(Command::new("rustup").args([
                 "component",
                 "add",
                 "rust-src",
+                "clippy",
                 "--toolchain",
                 &nightly,
             ]))?;
@@ -179,12 +182,14 @@ pub fn kernel_toolchain() -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("{} has no `toolchain.channel`", path.display()))
 }
 
-fn nightly_has_rust_src(toolchain: &str) -> bool {
+/// rust-src for build-std, clippy for the kernel crate's lint.
+fn nightly_has_components(toolchain: &str) -> bool {
     Command::new("rustup")
         .args(["component", "list", "--toolchain", toolchain, "--installed"])
         .output()
         .map(|out| {
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src")
+            let listed = String::from_utf8_lossy(&out.stdout);
+            out.status.success() && listed.contains("rust-src") && listed.contains("clippy")
         })
         .unwrap_or(false)
 }

@@ -190,8 +190,8 @@ pub fn render(status: &Status) -> String {
     );
     let _ = writeln!(
         out,
-        "drop events: {} sent, {} not sent (rate limit), {} lost (ring buffer full)",
-        status.events.sent, status.events.rate_limited, status.events.ring_full
+        "source events: {} sent, {} not sent (rate limit), {} lost (ring buffer full); {} drops from untracked sources (new-source budget spent)",
+        status.events.sent, status.events.rate_limited, status.events.ring_full, status.events.untracked
     );
     out
 }

@@ -3,8 +3,9 @@
 //! A server namespace runs the daemon on its veth end and listens on a
 //! protected port (tcp/8443) and an unprotected one (tcp/8080). A client
 //! namespace holds an allowed address and a refused one. The demo shows the
-//! connections, the counters, a drop event, and an `allow add` taking effect
-//! without a restart, then removes everything it created.
+//! connections, a scan alert when the refused address probes three protected
+//! ports, the counters and per-source statistics, and an `allow add` taking
+//! effect without a restart, then removes everything it created.
 
 use std::{
     fs,
@@ -121,18 +122,22 @@ pub fn demo(binary: &Path) -> anyhow::Result<()> {
             "# xdp-allowlist demo configuration\n\
              interfaces = [\"{server_if}\"]\n\n\
              [services.admin]\n\
-             ports = [\"tcp/8443\"]\n\
-             allow = [\"{ALLOWED_ADDR}/32\"]  # the office\n"
+             ports = [\"tcp/8443\", \"tcp/22\", \"tcp/9000\"]\n\
+             allow = [\"{ALLOWED_ADDR}/32\"]  # the office\n\n\
+             [alerts]\n\
+             scan_ports = 3   # one source touching 3 protected ports is a scan\n\
+             file = \"{}\"\n",
+            world.dir.join("alerts.jsonl").display()
         ),
     )?;
     println!("{}", fs::read_to_string(&config)?);
 
-    step("listening on tcp/8443 (protected) and tcp/8080 (not protected) in the server namespace");
+    step("listening on tcp/8443, 22, 9000 (protected) and tcp/8080 (not protected) in the server namespace");
     let me = std::env::current_exe()?;
     let listener = Command::new("ip")
         .args(["netns", "exec", &world.server_ns])
         .arg(&me)
-        .args(["demo-listen", "8443", "8080"])
+        .args(["demo-listen", "8443", "22", "9000", "8080"])
         .stdout(Stdio::null())
         .spawn()?;
     world.children.push(listener);
@@ -167,14 +172,31 @@ pub fn demo(binary: &Path) -> anyhow::Result<()> {
         bail!("the filter did not behave as expected (allowed={allowed}, refused={refused}, unprotected={unprotected})");
     }
 
-    step("the counters (xdp-allowlist status) and the access records the daemon logged");
+    step(&format!(
+        "{REFUSED_ADDR} probes the other protected ports: a scan alert"
+    ));
+    for port in [22, 9000] {
+        let reached = connect(&world.client_ns, REFUSED_ADDR, port)?;
+        report(REFUSED_ADDR, port, reached);
+    }
+    wait_for_log(&log_path, "probing alert", Duration::from_secs(10))?;
+    print_log(&log_path, &["access", "probing alert"]);
+
+    step("the counters (xdp-allowlist status) and who was refused (xdp-allowlist stats)");
+    for command in ["status", "stats"] {
+        show(
+            Command::new(binary)
+                .arg("--pin-dir")
+                .arg(&world.pin_dir)
+                .arg(command),
+        )?;
+    }
     show(
         Command::new(binary)
-            .arg("--pin-dir")
-            .arg(&world.pin_dir)
-            .arg("status"),
+            .arg("--config")
+            .arg(&config)
+            .arg("events"),
     )?;
-    print_log(&log_path, &["access", "probing alert"]);
 
     step(&format!(
         "allowing {REFUSED_ADDR} with `xdp-allowlist allow add` (no restart)"

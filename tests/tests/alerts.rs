@@ -376,3 +376,57 @@ fn alert_thresholds_follow_a_reloaded_configuration() {
         is_scan_firing,
     );
 }
+
+/// A burst that ends within one summary interval: the kernel reports only
+/// its first packet, and nothing more unless the source sends again. The
+/// daemon's sweep of the source map must count the rest, once.
+#[test]
+fn a_short_burst_raises_a_source_alert_from_the_sweep() {
+    let pair = Pair::new(&[ALLOWED]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let events_file = dir.path().join("events.jsonl");
+    let config = format!(
+        r#"
+[services.dns]
+ports = ["udp/5353"]
+allow = ["{ALLOWED}/32"]
+
+[alerts]
+window = "60s"
+source_drops = 20
+prefix_drops = 1000
+scan_ports = 50
+summary_interval = "2s"
+file = "{}"
+"#,
+        events_file.display()
+    );
+    let daemon = Daemon::start(&pair, &config);
+
+    // 40 datagrams 2 ms apart: well within one 2 s interval, then silence.
+    let started = Instant::now();
+    let received = pair.udp_received(CLIENT_V4, SERVER_V4, 5353, 40);
+    assert_eq!(received, 0, "a refused source must not reach udp/5353");
+    let burst = started.elapsed();
+
+    let alert = wait_for_record(&events_file, &daemon, Duration::from_secs(8), |r| {
+        r["type"] == "alert"
+            && r["alert"] == "source"
+            && r["state"] == "firing"
+            && r["source"] == CLIENT_V4
+    });
+    // Every datagram counted, none twice: the first by its event, the rest
+    // by a sweep (over one or two CPUs).
+    assert_eq!(alert["drops"], 40, "burst took {burst:?}: {alert}");
+    assert_eq!(alert["services"][0], "dns", "{alert}");
+    assert_eq!(alert["ports"][0], "udp/5353", "{alert}");
+
+    // Later sweeps find nothing new: still 40, no second alert.
+    thread::sleep(Duration::from_millis(4_500));
+    let status = daemon.instance.status();
+    let firing: Vec<Value> = records(&events_file)
+        .into_iter()
+        .filter(|r| r["alert"] == "source" && r["state"] == "firing")
+        .collect();
+    assert_eq!(firing.len(), 1, "one episode: {firing:#?}; status {status}");
+}

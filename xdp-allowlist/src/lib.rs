@@ -29,6 +29,7 @@ pub mod sources;
 pub mod stats;
 pub mod status;
 pub mod stream;
+pub mod sweep;
 pub mod top;
 
 /// The compiled kernel program, built by `build.rs`.

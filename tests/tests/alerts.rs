@@ -2,7 +2,9 @@
 //! ports allow only another address; the real daemon must raise one `scan`
 //! alert for the episode, write it to the `[alerts] file`, show it through
 //! `xdp-allowlist events`, count it in the metrics, and record an allowed
-//! source's connection as access.
+//! source's connection as access. A burst too short for the kernel's
+//! summaries must still raise a `source` alert, through the daemon's sweep
+//! of the source map.
 
 use std::{
     fs,
@@ -392,7 +394,7 @@ ports = ["udp/5353"]
 allow = ["{ALLOWED}/32"]
 
 [alerts]
-window = "60s"
+window = "4s"
 source_drops = 20
 prefix_drops = 1000
 scan_ports = 50
@@ -409,24 +411,40 @@ file = "{}"
     assert_eq!(received, 0, "a refused source must not reach udp/5353");
     let burst = started.elapsed();
 
-    let alert = wait_for_record(&events_file, &daemon, Duration::from_secs(8), |r| {
+    let is_source = |r: &Value, state: &str| {
         r["type"] == "alert"
             && r["alert"] == "source"
-            && r["state"] == "firing"
+            && r["state"] == state
             && r["source"] == CLIENT_V4
+    };
+    let alert = wait_for_record(&events_file, &daemon, Duration::from_secs(6), |r| {
+        is_source(r, "firing")
     });
-    // Every datagram counted, none twice: the first by its event, the rest
-    // by a sweep (over one or two CPUs).
-    assert_eq!(alert["drops"], 40, "burst took {burst:?}: {alert}");
+    eprintln!(
+        "source alert {:?} after the burst started",
+        started.elapsed()
+    );
+    // It fires on the observation that crosses the threshold: with the
+    // packets spread over two CPUs, before the other CPU's share is added.
+    assert!(
+        alert["drops"]
+            .as_u64()
+            .is_some_and(|n| (20..=40).contains(&n)),
+        "burst took {burst:?}: {alert}"
+    );
     assert_eq!(alert["services"][0], "dns", "{alert}");
     assert_eq!(alert["ports"][0], "udp/5353", "{alert}");
 
-    // Later sweeps find nothing new: still 40, no second alert.
-    thread::sleep(Duration::from_millis(4_500));
-    let status = daemon.instance.status();
-    let firing: Vec<Value> = records(&events_file)
+    // Once the burst left the window and a quiet window passed, the episode
+    // ends with every datagram counted, none twice: the first by its event,
+    // the rest by a sweep.
+    let ended = wait_for_record(&events_file, &daemon, Duration::from_secs(15), |r| {
+        is_source(r, "ended")
+    });
+    assert_eq!(ended["episode_drops"], 40, "burst took {burst:?}: {ended}");
+    let firing = records(&events_file)
         .into_iter()
-        .filter(|r| r["alert"] == "source" && r["state"] == "firing")
-        .collect();
-    assert_eq!(firing.len(), 1, "one episode: {firing:#?}; status {status}");
+        .filter(|r| is_source(r, "firing"))
+        .count();
+    assert_eq!(firing, 1, "one episode");
 }

@@ -27,9 +27,10 @@
 //!
 //! Memory is bounded: after a sweep the table holds the (key, CPU) values
 //! present in the map, at most `SOURCES_CAPACITY` keys times the CPUs, plus
-//! what events add until the next sweep. Values gone from the map are kept
-//! one more sweep period, so that an event about them still in the ring
-//! during the walk is recognised as already counted, then forgotten.
+//! what events add until the next sweep; values gone from the map are kept
+//! one more sweep period (at most the previous sweep's table), so that an
+//! event about them still in the ring during the walk is recognised as
+//! already counted, then forgotten.
 //!
 //! Everything here is a pure function of the values, tested without a kernel.
 

@@ -2,7 +2,9 @@
 //! ports allow only another address; the real daemon must raise one `scan`
 //! alert for the episode, write it to the `[alerts] file`, show it through
 //! `xdp-allowlist events`, count it in the metrics, and record an allowed
-//! source's connection as access.
+//! source's connection as access. A burst too short for the kernel's
+//! summaries must still raise a `source` alert, through the daemon's sweep
+//! of the source map.
 
 use std::{
     fs,
@@ -375,4 +377,74 @@ fn alert_thresholds_follow_a_reloaded_configuration() {
         Duration::from_secs(10),
         is_scan_firing,
     );
+}
+
+/// A burst that ends within one summary interval: the kernel reports only
+/// its first packet, and nothing more unless the source sends again. The
+/// daemon's sweep of the source map must count the rest, once.
+#[test]
+fn a_short_burst_raises_a_source_alert_from_the_sweep() {
+    let pair = Pair::new(&[ALLOWED]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let events_file = dir.path().join("events.jsonl");
+    let config = format!(
+        r#"
+[services.dns]
+ports = ["udp/5353"]
+allow = ["{ALLOWED}/32"]
+
+[alerts]
+window = "4s"
+source_drops = 20
+prefix_drops = 1000
+scan_ports = 50
+summary_interval = "2s"
+file = "{}"
+"#,
+        events_file.display()
+    );
+    let daemon = Daemon::start(&pair, &config);
+
+    // 40 datagrams 2 ms apart: well within one 2 s interval, then silence.
+    let started = Instant::now();
+    let received = pair.udp_received(CLIENT_V4, SERVER_V4, 5353, 40);
+    assert_eq!(received, 0, "a refused source must not reach udp/5353");
+    let burst = started.elapsed();
+
+    let is_source = |r: &Value, state: &str| {
+        r["type"] == "alert"
+            && r["alert"] == "source"
+            && r["state"] == state
+            && r["source"] == CLIENT_V4
+    };
+    let alert = wait_for_record(&events_file, &daemon, Duration::from_secs(6), |r| {
+        is_source(r, "firing")
+    });
+    eprintln!(
+        "source alert {:?} after the burst started",
+        started.elapsed()
+    );
+    // It fires on the observation that crosses the threshold: with the
+    // packets spread over two CPUs, before the other CPU's share is added.
+    assert!(
+        alert["drops"]
+            .as_u64()
+            .is_some_and(|n| (20..=40).contains(&n)),
+        "burst took {burst:?}: {alert}"
+    );
+    assert_eq!(alert["services"][0], "dns", "{alert}");
+    assert_eq!(alert["ports"][0], "udp/5353", "{alert}");
+
+    // Once the burst left the window and a quiet window passed, the episode
+    // ends with every datagram counted, none twice: the first by its event,
+    // the rest by a sweep.
+    let ended = wait_for_record(&events_file, &daemon, Duration::from_secs(15), |r| {
+        is_source(r, "ended")
+    });
+    assert_eq!(ended["episode_drops"], 40, "burst took {burst:?}: {ended}");
+    let firing = records(&events_file)
+        .into_iter()
+        .filter(|r| is_source(r, "firing"))
+        .count();
+    assert_eq!(firing, 1, "one episode");
 }

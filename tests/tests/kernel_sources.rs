@@ -250,3 +250,55 @@ fn new_sources_past_the_budget_are_counted_as_untracked() {
         Some(2)
     );
 }
+
+/// The daemon's sweep of `SOURCES` over a full map: every entry read, each
+/// packet counted once, and how long it takes (printed; the figure quoted in
+/// `stream.rs` comes from a release build of this test).
+#[test]
+fn a_sweep_of_a_full_source_map_counts_each_packet_once() {
+    let mut fx = Fixture::new(CONFIG);
+    fx.update_control(|c| {
+        c.new_sources_per_sec = u32::MAX;
+        c.flags |= CONTROL_EVENTS_OFF;
+    });
+
+    // More sources than the map holds: the LRU keeps the last ones.
+    let capacity = xdp_allowlist_common::SOURCES_CAPACITY as usize;
+    for i in 0..capacity + capacity / 4 {
+        let source = Ipv6Addr::new(0x2001, 0xdb8, 0x300, 0, 0, 0, (i >> 16) as u16, i as u16);
+        let frame = v6_frame(&Ipv6::new(source, SERVER_V6, TCP), &tcp(40000, 22, &[]));
+        assert_eq!(fx.verdict(&frame), XDP_DROP);
+    }
+    let map =
+        xdp_allowlist::sources::open_sources(fx.pin_dir()).unwrap_or_else(|e| panic!("{e:#}"));
+
+    let started = std::time::Instant::now();
+    let entries = xdp_allowlist::sources::read_per_cpu(&map).unwrap_or_else(|e| panic!("{e:#}"));
+    let read = started.elapsed();
+    let mut accounting = xdp_allowlist::sweep::Accounting::new();
+    let started = std::time::Instant::now();
+    let deltas = accounting.sweep(&entries);
+    let accounted = started.elapsed();
+    eprintln!(
+        "sweep of {} entries ({} CPUs): read {read:?}, accounting {accounted:?}",
+        entries.len(),
+        entries.values().next().map_or(0, Vec::len),
+    );
+
+    // An LRU hash may evict a little before it is full.
+    assert!(
+        entries.len() >= capacity * 9 / 10 && entries.len() <= capacity,
+        "{} entries read",
+        entries.len()
+    );
+    assert_eq!(
+        deltas.iter().map(|d| d.packets).sum::<u64>(),
+        entries.len() as u64,
+        "one packet per source"
+    );
+    assert!(accounting.sweep(&entries).is_empty(), "counted once");
+    assert!(
+        read < std::time::Duration::from_secs(2),
+        "a sweep must stay cheap: {read:?}"
+    );
+}

@@ -2,7 +2,9 @@
 //!
 //! The kernel sends an event only when it has news about a source (its first
 //! packet, a port it had not touched, or a summary once per interval with the
-//! packets since the last one). [`Engine`] turns those observations into:
+//! packets since the last one); the daemon's sweep of the source table adds
+//! what the events left out (see [`crate::sweep`]). [`Engine`] turns those
+//! observations into:
 //!
 //! - **alerts**, raised once per episode and ended once the condition has
 //!   been false for a whole window:
@@ -68,7 +70,8 @@ pub struct Observation {
     /// Distinct ports the kernel has seen from this source since
     /// `first_seen` (on one CPU, at most eight).
     pub ports: Vec<u16>,
-    /// Packets since the previous event about this source.
+    /// Packets not counted before: since the previous event or sweep
+    /// about this source (on that CPU).
     pub packets: u64,
     pub first_seen: SystemTime,
 }

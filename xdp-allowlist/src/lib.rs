@@ -5,8 +5,9 @@
 //! pinned kernel objects, `daemon` runs, `edit` changes the file for the CLI,
 //! `status` reads the counters and `features` says what the kernel offers.
 //! `sources` reads the per-source accounting that `stats` and `top` show;
-//! `stream` reads the kernel's source events, `alerts` turns them into
-//! probing alerts and access records, and `events` shows them to the user.
+//! `stream` reads the kernel's source events and, through `sweep`, what
+//! they left out of the source map, `alerts` turns them into probing alerts
+//! and access records, and `events` shows them to the user.
 
 pub mod alerts;
 pub mod apply;
@@ -29,6 +30,7 @@ pub mod sources;
 pub mod stats;
 pub mod status;
 pub mod stream;
+pub mod sweep;
 pub mod top;
 
 /// The compiled kernel program, built by `build.rs`.

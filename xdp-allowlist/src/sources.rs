@@ -348,9 +348,41 @@ pub fn split_and_rank(
     (refusals, access)
 }
 
+/// The pinned `SOURCES` map, opened for reading.
+pub type SourcesMap = PerCpuHashMap<MapData, SourceKey, SourceStats>;
+
+/// Opens the pinned `SOURCES` map.
+///
+/// # Errors
+///
+/// When nothing is pinned in `pin_dir` under that name.
+pub fn open_sources(pin_dir: &Path) -> anyhow::Result<SourcesMap> {
+    bpf::open_map(pin_dir, SOURCES_MAP)
+}
+
+/// Every entry of `SOURCES` with its per-CPU values (indexed by CPU), not
+/// merged: `stats`, `top` and the daemon's sweep all read it through here.
+///
+/// The kernel updates and evicts entries while they are read, so the result
+/// is a close view, not an atomic snapshot. An entry evicted during the walk
+/// makes the kernel restart it from the first key: one value is kept per
+/// key and the walk is bounded to twice the map's capacity.
+///
+/// # Errors
+///
+/// When the map cannot be read.
+pub fn read_per_cpu(map: &SourcesMap) -> anyhow::Result<HashMap<SourceKey, Vec<SourceStats>>> {
+    let mut entries: HashMap<SourceKey, Vec<SourceStats>> = HashMap::new();
+    for item in map.iter().take(2 * SOURCES_CAPACITY as usize) {
+        let (key, values) = item?;
+        entries.insert(key, values.to_vec());
+    }
+    Ok(entries)
+}
+
 /// The pinned maps `stats` and `top` read, opened once.
 pub struct SourcesReader {
-    sources: PerCpuHashMap<MapData, SourceKey, SourceStats>,
+    sources: SourcesMap,
     names: Array<MapData, ServiceName>,
     ports: Array<MapData, u32>,
     control: Array<MapData, Control>,
@@ -363,7 +395,7 @@ impl SourcesReader {
     pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
         bpf::check_pinned_layout(pin_dir)?;
         Ok(Self {
-            sources: bpf::open_map(pin_dir, SOURCES_MAP)?,
+            sources: open_sources(pin_dir)?,
             names: bpf::open_map(pin_dir, SERVICE_NAMES_MAP)?,
             ports: bpf::open_map(pin_dir, PORTS_MAP)?,
             control: bpf::open_map(pin_dir, CONTROL_MAP)?,
@@ -382,13 +414,7 @@ impl SourcesReader {
         let names = bpf::read_service_names(&self.names)?;
         let slot = self.control.get(&0, 0)?.active_slot & 1;
 
-        // An entry evicted during the walk makes the kernel restart it from
-        // the first key: keep one value per key and bound the walk.
-        let mut entries: HashMap<SourceKey, Vec<SourceStats>> = HashMap::new();
-        for item in self.sources.iter().take(2 * SOURCES_CAPACITY as usize) {
-            let (key, values) = item?;
-            entries.insert(key, values.to_vec());
-        }
+        let entries = read_per_cpu(&self.sources)?;
 
         // Each (protocol, port) is looked up once, not once per row.
         let mut lookups: HashMap<(u32, u16), u32> = HashMap::new();

@@ -15,7 +15,7 @@ use std::{
 };
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use xdp_allowlist_common::{Control, CONTROL_TUNNEL_DROP};
+use xdp_allowlist_common::{Control, CONTROL_TRACKING_OFF, CONTROL_TUNNEL_DROP};
 
 use crate::{
     config::{Config, TunnelPolicy},
@@ -156,10 +156,13 @@ impl<M: PolicyMaps> Applier<M> {
         let started = Instant::now();
         let (ids, fresh) = assign_ids(&self.ids, config);
         let desired = SlotState::from_config(config, &ids);
-        let flags = match config.tunnel_policy {
+        let mut flags = match config.tunnel_policy {
             TunnelPolicy::Drop => CONTROL_TUNNEL_DROP,
             TunnelPolicy::Pass => 0,
         };
+        if !config.alerts.track_sources {
+            flags |= CONTROL_TRACKING_OFF;
+        }
         let active = (self.control.active_slot & 1) as usize;
         let unchanged = self.slots[active] == desired
             && ids == self.ids

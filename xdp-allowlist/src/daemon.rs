@@ -108,6 +108,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         audit::record(config.audit_log.as_deref(), &record);
     }
 
+    if !config.alerts.track_sources {
+        tracing::info!("per-source accounting is off (`track_sources = false` in [alerts]): stats, top, alerts and access records have nothing to show");
+    }
+
     let mut watched = Vec::new();
     for interface in &interfaces {
         let kept = bpf::attachments(&options.pin_dir)

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::programs::Xdp;
-use xdp_allowlist_common::CONTROL_EVENTS_OFF;
+use xdp_allowlist_common::{CONTROL_EVENTS_OFF, CONTROL_TRACKING_OFF};
 
 use super::{
     e2e::Topology,
@@ -178,6 +178,11 @@ pub fn run(
     let mut quiet = OurFilter::load(1024)?;
     quiet.apply(&ours::parse(CONFIG)?)?;
     quiet.set_control_flags(CONTROL_EVENTS_OFF)?;
+    // And with per-source accounting off: what the SOURCES lookup and update
+    // (and access records on the allowed path) cost.
+    let mut untracked = OurFilter::load(1024)?;
+    untracked.apply(&ours::parse(CONFIG)?)?;
+    untracked.set_control_flags(CONTROL_TRACKING_OFF)?;
     let floor = super::receivers::Floor::load()?;
 
     // xdp-filter is loaded on the receiving veth end only to obtain a
@@ -223,6 +228,18 @@ pub fn run(
         case(
             "ours v4: refused, events off (diagnostic)",
             Runner::Aya(quiet.program()?),
+            v4(REFUSED_V4, 8443),
+            DROP,
+        ),
+        case(
+            "ours v4: allowed, tracking off (diagnostic)",
+            Runner::Aya(untracked.program()?),
+            v4(ALLOWED_V4, 8443),
+            PASS,
+        ),
+        case(
+            "ours v4: refused, tracking off (diagnostic)",
+            Runner::Aya(untracked.program()?),
             v4(REFUSED_V4, 8443),
             DROP,
         ),

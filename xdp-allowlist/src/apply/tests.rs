@@ -170,6 +170,16 @@ fn alert_settings_reach_the_kernel_control_and_count_as_a_change() {
     assert_eq!(control.summary_interval_ms, 500);
     assert_eq!(control.new_sources_per_sec, 7);
     assert!(applier.apply(&config(&tuned)).expect("again").unchanged);
+
+    let untracked = format!("{tuned}track_sources = false\n");
+    assert!(
+        !applier
+            .apply(&config(&untracked))
+            .expect("untracked")
+            .unchanged
+    );
+    let control = applier.maps().control().expect("control");
+    assert_ne!(control.flags & CONTROL_TRACKING_OFF, 0);
 }
 
 #[test]

@@ -396,6 +396,7 @@ file = "/var/log/xdp-allowlist/events.jsonl"
 command = ["/usr/local/bin/notify", "--team", "net"]
 command_timeout = "3s"
 access_records = false
+track_sources = false
 "#;
     let alerts = parse(text).expect("valid [alerts]").config.alerts;
     let AlertSettings {
@@ -409,6 +410,7 @@ access_records = false
         command,
         command_timeout,
         access_records,
+        track_sources,
     } = alerts;
     assert_eq!(window, std::time::Duration::from_secs(300));
     assert_eq!(source_drops, 10);
@@ -423,6 +425,7 @@ access_records = false
     assert_eq!(command, ["/usr/local/bin/notify", "--team", "net"]);
     assert_eq!(command_timeout, std::time::Duration::from_secs(3));
     assert!(!access_records);
+    assert!(!track_sources);
 }
 
 #[test]
@@ -437,7 +440,7 @@ fn alert_defaults_match_the_kernel_defaults() {
         alerts.new_sources_per_second,
         xdp_allowlist_common::DEFAULT_NEW_SOURCES_PER_SEC
     );
-    assert!(alerts.access_records);
+    assert!(alerts.access_records && alerts.track_sources);
     assert!(alerts.file.is_none() && alerts.command.is_empty());
 }
 
@@ -458,6 +461,7 @@ fn bad_alert_values_are_refused_with_their_line() {
         ("[alerts]\ncommand = \"notify --all\"\n", "no shell"),
         ("[alerts]\nfile = \"\"\n", "`file` in [alerts]"),
         ("[alerts]\naccess_records = \"yes\"\n", "true or false"),
+        ("[alerts]\ntrack_sources = 1\n", "true or false"),
         (
             "[alerts]\nsummary_interval = \"10ms\"\n",
             "`summary_interval`",

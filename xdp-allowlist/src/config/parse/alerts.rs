@@ -18,6 +18,7 @@ const ALERT_KEYS: &[&str] = &[
     "command",
     "command_timeout",
     "access_records",
+    "track_sources",
 ];
 
 impl Walker {
@@ -85,6 +86,12 @@ impl Walker {
         }
         if let Some(item) = table.get("command") {
             settings.command = self.command(item);
+        }
+        if let Some(item) = table.get("track_sources") {
+            match item.as_bool() {
+                Some(on) => settings.track_sources = on,
+                None => self.problem(item.span(), "`track_sources` must be true or false"),
+            }
         }
         if let Some(item) = table.get("access_records") {
             match item.as_bool() {

@@ -123,6 +123,11 @@ impl Daemon {
     /// attached. `nsenter` execs the daemon, so [`Daemon::pid`] is the
     /// daemon's own process id.
     pub fn start_in(ns: &str, instance: Instance) -> Self {
+        Self::start_with_env(ns, instance, &[])
+    }
+
+    /// As [`Daemon::start_in`], with more environment variables.
+    pub fn start_with_env(ns: &str, instance: Instance, env: &[(&str, &str)]) -> Self {
         let log = instance.dir.path().join("daemon.log");
         let log_file = fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
         let child = Command::new("nsenter")
@@ -135,6 +140,7 @@ impl Daemon {
             .arg("run")
             .env("NO_COLOR", "1")
             .env("XDP_ALLOWLIST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

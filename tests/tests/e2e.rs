@@ -713,3 +713,49 @@ fn the_metrics_endpoint_counts_the_traffic_sent() {
     );
     drop(daemon);
 }
+
+/// `--log-format json` (here through its environment variable) writes one
+/// JSON object per line with the fields apart; under systemd
+/// (`JOURNAL_STREAM` set) text lines carry no timestamp, journald adds one.
+#[test]
+fn logs_are_json_lines_on_request_and_plain_under_journald() {
+    let pair = Pair::new(&[]);
+    let config = format!(
+        "interfaces = [\"{}\"]\n[services.dns]\nports = [\"udp/5353\"]\nallow = [\"203.0.113.0/24\"]\n",
+        pair.server_if
+    );
+
+    let json = Daemon::start_with_env(
+        &pair.server,
+        Instance::new(&config),
+        &[("XDP_ALLOWLIST_LOG_FORMAT", "json")],
+    );
+    let text = json.log_text();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let attached = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "filter attached")
+        .unwrap_or_else(|| panic!("no `filter attached` object in:\n{text}"));
+    assert_eq!(attached["fields"]["interface"], pair.server_if.as_str());
+    assert_eq!(attached["level"], "INFO");
+    drop(json);
+
+    let journald = Daemon::start_with_env(
+        &pair.server,
+        Instance::new(&config),
+        &[("JOURNAL_STREAM", "8:12345")],
+    );
+    let text = journald.log_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("filter attached"))
+        .unwrap_or_else(|| panic!("no `filter attached` line in:\n{text}"));
+    assert!(
+        line.trim_start().starts_with("INFO"),
+        "under journald a line starts with its level, not a timestamp: {line}"
+    );
+}

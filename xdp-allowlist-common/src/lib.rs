@@ -248,9 +248,6 @@ pub struct EventLimiter {
     /// Start of the current one-second window (coarse clock).
     pub window_start_ns: u64,
     pub sent_in_window: u64,
-    /// Once the window's budget is spent, drops to let pass before reading
-    /// the clock again: under a flood the clock is read rarely.
-    pub skip: u64,
     /// Events sent.
     pub sent: u64,
     /// Events not sent because the per-CPU rate limit was reached.
@@ -262,7 +259,10 @@ pub struct EventLimiter {
     pub tracked_in_window: u64,
     /// Drops from sources not tracked because the new-source budget was spent.
     pub untracked: u64,
-    pub _reserved: u64,
+    /// The coarse clock as last read, and the tick (`jiffies`) it was read
+    /// in: the program reads the clock once per tick, not once per packet.
+    pub clock_ns: u64,
+    pub clock_jiffies: u64,
 }
 
 /// What a [`SourceEvent`] (and a [`SourceKey`]) is about.

@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -331,9 +331,13 @@ fn track(
         family,
         addr,
     };
-    // SAFETY: a helper without preconditions (Linux 5.11+); a tick's
-    // precision is plenty for first/last seen and one-second windows.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(limiter) = EVENT_LIMITER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot of this CPU, valid for the program's run;
+    // XDP programs do not migrate between CPUs mid-run.
+    let limiter = unsafe { &mut *limiter };
+    let now = coarse_now(limiter);
 
     if let Some(stats) = SOURCES.get_ptr_mut(key) {
         // SAFETY: this CPU's value of an entry the lookup just returned;
@@ -359,17 +363,14 @@ fn track(
         } else {
             return;
         };
-        send_event(control, now, kind, why, service, port, family, addr, stats);
+        send_event(
+            control, limiter, now, kind, why, service, port, family, addr, stats,
+        );
         return;
     }
 
     // A source not seen (or already forgotten): start tracking it, within
     // this CPU's budget of new sources per second.
-    let Some(limiter) = EVENT_LIMITER.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
-    let limiter = unsafe { &mut *limiter };
     if now.wrapping_sub(limiter.track_window_start_ns) >= ONE_SECOND_NS {
         limiter.track_window_start_ns = now;
         limiter.tracked_in_window = 0;
@@ -396,9 +397,26 @@ fn track(
     };
     stats.ports[0] = port;
     send_event(
-        control, now, kind, WHY_FIRST, service, port, family, addr, &mut stats,
+        control, limiter, now, kind, WHY_FIRST, service, port, family, addr, &mut stats,
     );
     let _ = SOURCES.insert(key, stats, 0);
+}
+
+/// The coarse clock. It advances once per tick, so it is read only when
+/// `jiffies` (which the verifier inlines into one load) has moved since the
+/// last read on this CPU: the helper call costs more than the rest of the
+/// accounting, and its value would be the same within a tick.
+#[inline(always)]
+fn coarse_now(limiter: &mut EventLimiter) -> u64 {
+    // SAFETY: a helper without preconditions (Linux 5.5+).
+    let tick = unsafe { bpf_jiffies64() };
+    if tick != limiter.clock_jiffies {
+        limiter.clock_jiffies = tick;
+        // SAFETY: a helper without preconditions (Linux 5.11+); a tick's
+        // precision is plenty for first/last seen and one-second windows.
+        limiter.clock_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    limiter.clock_ns
 }
 
 /// Adds `port` to the source's ports; true when it was not there yet.
@@ -425,9 +443,7 @@ fn remember_port(stats: &mut SourceStats, port: u16) -> bool {
 }
 
 /// Sends one event unless this CPU already sent its share this second.
-/// Once the budget is spent, the clock window is checked again only every
-/// `skip` attempts, so a limited event costs one per-CPU lookup. Records do
-/// not wake the reader until the ring holds [`WAKEUP_BYTES`].
+/// Records do not wake the reader until the ring holds [`WAKEUP_BYTES`].
 #[inline(always)]
 #[allow(
     clippy::too_many_arguments,
@@ -435,6 +451,7 @@ fn remember_port(stats: &mut SourceStats, port: u16) -> bool {
 )]
 fn send_event(
     control: &Control,
+    limiter: &mut EventLimiter,
     now: u64,
     kind: u8,
     why: u8,
@@ -447,16 +464,6 @@ fn send_event(
     if control.flags & CONTROL_EVENTS_OFF != 0 {
         return;
     }
-    let Some(limiter) = EVENT_LIMITER.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: a per-CPU array slot of this CPU, valid for the program's run.
-    let limiter = unsafe { &mut *limiter };
-    if limiter.skip > 0 {
-        limiter.skip -= 1;
-        limiter.rate_limited += 1;
-        return;
-    }
     if now.wrapping_sub(limiter.window_start_ns) >= ONE_SECOND_NS {
         limiter.window_start_ns = now;
         limiter.sent_in_window = 0;
@@ -464,7 +471,6 @@ fn send_event(
     let budget = u64::from(control.events_per_sec);
     if limiter.sent_in_window >= budget {
         limiter.rate_limited += 1;
-        limiter.skip = budget.clamp(64, 4096);
         return;
     }
     limiter.sent_in_window += 1;

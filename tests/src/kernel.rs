@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use xdp_allowlist::{
@@ -24,7 +24,7 @@ use xdp_allowlist::{
 use xdp_allowlist_common::{
     counter_index, Control, Reason, ServiceCounters, SourceEvent, SourceKey, SourceStats,
     CONTROL_MAP, COUNTERS_MAP, EVENTS_MAP, FAMILY_V4, FAMILY_V6, PORT_PROTOCOLS, PROGRAM_NAME,
-    REASONS_MAP, REASON_COUNT, SOURCES_MAP,
+    REASONS_MAP, REASON_COUNT,
 };
 
 /// `XDP_DROP`.
@@ -211,15 +211,15 @@ impl Fixture {
     /// One source's entry in `SOURCES` as CPU 0 saw it (fixtures run every
     /// packet there), or `None` when the source is not tracked.
     pub fn source(&self, name: &str, kind: u8, addr: IpAddr) -> Option<SourceStats> {
-        let map: PerCpuHashMap<MapData, SourceKey, SourceStats> =
-            bpf::open_map(self.pin_dir(), SOURCES_MAP).unwrap_or_else(|e| panic!("{e:#}"));
+        let map = xdp_allowlist::sources::open_sources(self.pin_dir())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let entries = xdp_allowlist::sources::read_per_cpu(&map)
+            .unwrap_or_else(|e| panic!("reading SOURCES: {e:#}"));
         let key = source_key(self.service_id(name), kind, addr);
-        let values = match map.get(&key, 0) {
-            Ok(values) => values,
-            Err(aya::maps::MapError::KeyNotFound) => return None,
-            Err(err) => panic!("reading SOURCES: {err}"),
-        };
-        values.iter().next().copied()
+        entries
+            .get(&key)
+            .and_then(|values| values.first().copied())
+            .filter(|stats| stats.packets > 0)
     }
 
     /// Every event in the ring buffer that nobody read yet, oldest first.

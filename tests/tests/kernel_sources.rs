@@ -262,7 +262,8 @@ fn a_sweep_of_a_full_source_map_counts_each_packet_once() {
         c.flags |= CONTROL_EVENTS_OFF;
     });
 
-    // More sources than the map holds: the LRU keeps the last ones.
+    // More sources than the table holds: a set whose two slots are taken
+    // gives the older one up to a newcomer.
     let capacity = xdp_allowlist_common::SOURCES_CAPACITY as usize;
     for i in 0..capacity + capacity / 4 {
         let source = Ipv6Addr::new(0x2001, 0xdb8, 0x300, 0, 0, 0, (i >> 16) as u16, i as u16);
@@ -285,9 +286,11 @@ fn a_sweep_of_a_full_source_map_counts_each_packet_once() {
         entries.values().next().map_or(0, Vec::len),
     );
 
-    // An LRU hash may evict a little before it is full.
+    // Sets fill unevenly: with 1.25 sources per slot, hashed over sets of
+    // two, about 82 % of the slots end up taken (a set that drew fewer than
+    // two sources keeps a slot empty).
     assert!(
-        entries.len() >= capacity * 9 / 10 && entries.len() <= capacity,
+        entries.len() >= capacity * 3 / 4 && entries.len() <= capacity,
         "{} entries read",
         entries.len()
     );

@@ -461,15 +461,16 @@ fn top_without_a_terminal_or_a_filter_says_what_to_do() {
 /// layout, and a full map is read by `stats` within a bounded time.
 #[test]
 fn stats_merges_per_cpu_values_of_a_full_map() {
-    use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
+    use aya::maps::{MapData, PerCpuArray, PerCpuValues};
     use xdp_allowlist::sources::Clock;
     use xdp_allowlist_common::{
-        SourceKey, SourceStats, EVENT_DROP, FAMILY_V4, PROTO_UDP, SOURCES_CAPACITY, SOURCES_MAP,
+        SourceKey, SourceSlot, SourceStats, EVENT_DROP, FAMILY_V4, PROTO_UDP, SOURCES_CAPACITY,
+        SOURCES_MAP,
     };
 
     let pair = Pair::new(&[]);
     let daemon = Daemon::start(&pair, CONFIG);
-    let mut sources: PerCpuHashMap<MapData, SourceKey, SourceStats> =
+    let mut sources: PerCpuArray<MapData, SourceSlot> =
         xdp_allowlist::bpf::open_map(&daemon.instance.pin_dir, SOURCES_MAP)
             .unwrap_or_else(|e| panic!("open SOURCES: {e:#}"));
     let cpus = aya::util::nr_cpus().unwrap_or_else(|(_, e)| panic!("nr_cpus: {e}"));
@@ -514,22 +515,29 @@ fn stats_merges_per_cpu_values_of_a_full_map() {
             5353 + cpu as u16,
         );
     }
-    let filled = SOURCES_CAPACITY - 1;
-    for i in 1..=filled {
-        let mut values = vec![SourceStats::default(); cpus];
-        values[0] = stats(1, now - 9_000_000_000, now - 9_000_000_000, 5353);
+    // Slot 0 of every CPU's table holds the spread source; the other slots
+    // hold a source each on CPU 0 only: a full table.
+    let slot = |key: SourceKey, stats: SourceStats| SourceSlot {
+        key,
+        _pad: 0,
+        stats,
+    };
+    for i in 1..SOURCES_CAPACITY {
+        let mut values = vec![SourceSlot::default(); cpus];
+        values[0] = slot(
+            key(i),
+            stats(1, now - 9_000_000_000, now - 9_000_000_000, 5353),
+        );
         let values = PerCpuValues::try_from(values).unwrap_or_else(|e| panic!("values: {e}"));
         sources
-            .insert(key(i), values, 0)
-            .unwrap_or_else(|e| panic!("insert {i}: {e}"));
+            .set(i, values, 0)
+            .unwrap_or_else(|e| panic!("write slot {i}: {e}"));
     }
-
-    // Last, so that the LRU does not evict it to make room.
-    let spread_values =
-        PerCpuValues::try_from(spread).unwrap_or_else(|e| panic!("per-CPU values: {e}"));
+    let spread: Vec<SourceSlot> = spread.into_iter().map(|s| slot(key(0), s)).collect();
+    let spread = PerCpuValues::try_from(spread).unwrap_or_else(|e| panic!("per-CPU values: {e}"));
     sources
-        .insert(key(0), spread_values, 0)
-        .unwrap_or_else(|e| panic!("insert: {e}"));
+        .set(0, spread, 0)
+        .unwrap_or_else(|e| panic!("write slot 0: {e}"));
 
     let started = Instant::now();
     let all = stats_json(&daemon, &["--limit", "3"]);
@@ -537,8 +545,9 @@ fn stats_merges_per_cpu_values_of_a_full_map() {
     let matched = packets(&all["sources_matched"]);
     eprintln!("stats --json read {matched} tracked sources in {took:?}");
 
-    assert!(
-        matched >= u64::from(SOURCES_CAPACITY) * 9 / 10 && matched <= u64::from(SOURCES_CAPACITY),
+    assert_eq!(
+        matched,
+        u64::from(SOURCES_CAPACITY),
         "{matched} of {SOURCES_CAPACITY} entries read"
     );
     assert!(

@@ -240,8 +240,9 @@ impl Reason {
     }
 }
 
-/// Per-CPU state of the drop-event rate limiter, and what it let through.
-/// One record, so the drop path makes one lookup for all of it.
+/// Per-CPU state of the source accounting: the event rate limiter and what
+/// it let through, the new-source budget, the cached clock and the hash
+/// seed. One record, so a tracked packet makes one lookup for all of it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EventLimiter {
@@ -263,6 +264,10 @@ pub struct EventLimiter {
     /// in: the program reads the clock once per tick, not once per packet.
     pub clock_ns: u64,
     pub clock_jiffies: u64,
+    /// Seed of this CPU's [`SOURCES_MAP`] hash, drawn at random by the
+    /// program on its first use (0: not drawn yet), so that nobody outside
+    /// can choose sources that share a set.
+    pub hash_seed: u64,
 }
 
 /// What a [`SourceEvent`] (and a [`SourceKey`]) is about.
@@ -288,7 +293,8 @@ pub const FAMILY_V6: u8 = 6;
 /// Distinct ports remembered per source.
 pub const SOURCE_PORTS: usize = 8;
 
-/// Key of [`SOURCES_MAP`]: one entry per service, kind and source address.
+/// Who a [`SourceSlot`] is about: one per service, kind and source address.
+/// `kind == 0` marks an empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SourceKey {
@@ -300,8 +306,8 @@ pub struct SourceKey {
     pub addr: [u8; 16],
 }
 
-/// Per-CPU value of [`SOURCES_MAP`]: what one CPU saw from one source.
-/// Times are `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE).
+/// What one CPU saw from one source. Times are `bpf_ktime_get_coarse_ns`
+/// (CLOCK_MONOTONIC_COARSE).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceStats {
@@ -326,6 +332,19 @@ pub struct SourceStats {
     /// Protocol of the last packet.
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+/// One slot of [`SOURCES_MAP`], a per-CPU array: each CPU keeps its own
+/// table of the sources it saw. A source lives in one of the
+/// [`SOURCE_WAYS`] slots of the set its key hashes to (with a per-CPU random
+/// seed, [`EventLimiter::hash_seed`]); a new source takes an empty slot of
+/// its set, or the one seen least recently.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceSlot {
+    pub key: SourceKey,
+    pub _pad: u32,
+    pub stats: SourceStats,
 }
 
 /// One record in [`EVENTS_MAP`], sent only when it carries news: the first
@@ -408,9 +427,15 @@ pub const PROGRAM_NAME: &str = "xdp_allowlist";
 /// Size of the drop-event ring buffer in bytes.
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
-/// Sources tracked in [`SOURCES_MAP`] (an LRU: the least recently seen are
-/// forgotten first). Each entry holds one [`SourceStats`] per CPU.
+/// Slots of [`SOURCES_MAP`], on each CPU: the most sources one CPU tracks.
 pub const SOURCES_CAPACITY: u32 = 16_384;
+
+/// Slots per set of [`SOURCES_MAP`]: how many sources whose keys hash alike
+/// are tracked side by side before the one seen least recently gives way.
+pub const SOURCE_WAYS: u32 = 2;
+
+/// Sets of [`SOURCES_MAP`] (a power of two).
+pub const SOURCE_SETS: u32 = SOURCES_CAPACITY / SOURCE_WAYS;
 
 /// Default least time between two events about one source.
 pub const DEFAULT_SUMMARY_INTERVAL_MS: u32 = 2_000;
@@ -424,9 +449,11 @@ const _: () = assert!(size_of::<RuleValue>() == 4);
 const _: () = assert!(size_of::<Control>() == 32);
 const _: () = assert!(size_of::<ServicePolicy>() == 4);
 const _: () = assert!(size_of::<ServiceCounters>() == 48);
-const _: () = assert!(size_of::<EventLimiter>() == 80);
+const _: () = assert!(size_of::<EventLimiter>() == 88);
 const _: () = assert!(size_of::<SourceKey>() == 20);
 const _: () = assert!(size_of::<SourceStats>() == 80);
+const _: () = assert!(size_of::<SourceSlot>() == 104);
+const _: () = assert!(SOURCE_SETS.is_power_of_two());
 const _: () = assert!(size_of::<SourceEvent>() == 88);
 const _: () = assert!(size_of::<Meta>() == 16);
 const _: () = assert!(size_of::<ServiceName>() == 64);
@@ -458,6 +485,7 @@ mod pod {
         EventLimiter,
         SourceKey,
         SourceStats,
+        SourceSlot,
         SourceEvent,
         Meta,
         ServiceName,

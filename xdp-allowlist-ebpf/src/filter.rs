@@ -6,19 +6,21 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::{
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns,
+    },
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use xdp_allowlist_common::{
     counter_index, key_tag, port_index, proto_index, Control, EventLimiter, Meta, Reason,
-    RuleValue, ServiceCounters, ServiceName, ServicePolicy, SourceEvent, SourceKey, SourceStats,
-    V4KeyData, V6KeyData, CONTROL_EVENTS_OFF, CONTROL_TRACKING_OFF, CONTROL_TUNNEL_DROP,
-    COUNTER_ENTRIES, DEFAULT_CAPACITY, EVENTS_RING_BYTES, EVENT_ACCESS, EVENT_DROP,
-    EVENT_WOULD_DROP, FAMILY_V4, FAMILY_V6, MAX_SERVICES, PORTS_PER_SLOT, PORT_MONITOR,
-    PORT_SERVICE_MASK, PROTO_TCP, REASON_COUNT, SLOTS, SOURCES_CAPACITY, SOURCE_PORTS, TAG_BITS,
-    WHY_FIRST, WHY_NEW_PORT, WHY_SUMMARY,
+    RuleValue, ServiceCounters, ServiceName, ServicePolicy, SourceEvent, SourceKey, SourceSlot,
+    SourceStats, V4KeyData, V6KeyData, CONTROL_EVENTS_OFF, CONTROL_TRACKING_OFF,
+    CONTROL_TUNNEL_DROP, COUNTER_ENTRIES, DEFAULT_CAPACITY, EVENTS_RING_BYTES, EVENT_ACCESS,
+    EVENT_DROP, EVENT_WOULD_DROP, FAMILY_V4, FAMILY_V6, MAX_SERVICES, PORTS_PER_SLOT, PORT_MONITOR,
+    PORT_SERVICE_MASK, PROTO_TCP, REASON_COUNT, SLOTS, SOURCES_CAPACITY, SOURCE_PORTS, SOURCE_SETS,
+    SOURCE_WAYS, TAG_BITS, WHY_FIRST, WHY_NEW_PORT, WHY_SUMMARY,
 };
 
 // One trie per address family, shared by all services and both slots: the
@@ -51,13 +53,16 @@ static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 #[map]
 static EVENT_LIMITER: PerCpuArray<EventLimiter> = PerCpuArray::pinned(1, 0);
 
-// Who was refused (or admitted to a protected port): an LRU, so a flood of
-// spoofed sources evicts old entries instead of growing anything, and per-CPU,
-// so CPUs never contend on an entry. New entries are also budgeted per CPU
-// and second (`Control::new_sources_per_sec`).
+// Who was refused (or admitted to a protected port): a fixed table per CPU,
+// so a flood of spoofed sources replaces old entries instead of growing
+// anything, and CPUs never contend on an entry. A set-associative table in a
+// per-CPU array rather than an LRU hash: the verifier inlines an array
+// lookup, where a hash lookup is a helper call that hashes the key, and on
+// the test machine that call cost more than the rest of the drop path. New
+// entries are also budgeted per CPU and second
+// (`Control::new_sources_per_sec`).
 #[map]
-static SOURCES: LruPerCpuHashMap<SourceKey, SourceStats> =
-    LruPerCpuHashMap::pinned(SOURCES_CAPACITY, 0);
+static SOURCES: PerCpuArray<SourceSlot> = PerCpuArray::pinned(SOURCES_CAPACITY, 0);
 
 // SERVICES (modes, for `status`), META and SERVICE_NAMES are read and written
 // by the daemon only; declared here so that they are pinned with the rest and
@@ -339,22 +344,66 @@ fn track(
     let limiter = unsafe { &mut *limiter };
     let now = coarse_now(limiter);
 
-    if let Some(stats) = SOURCES.get_ptr_mut(key) {
-        // SAFETY: this CPU's value of an entry the lookup just returned;
-        // per-CPU, so no other CPU writes it while the program runs.
-        let stats = unsafe { &mut *stats };
-        if stats.packets == 0 {
-            // The entry was made by another CPU; this CPU's part starts now.
-            stats.first_seen_ns = now;
+    let words = key_words(&key);
+    let first = source_set(&words, hash_seed(limiter)) * SOURCE_WAYS;
+    let (Some(way0), Some(way1)) = (SOURCES.get_ptr_mut(first), SOURCES.get_ptr_mut(first + 1))
+    else {
+        return;
+    };
+    // SAFETY: two distinct slots of this CPU's part of a per-CPU array, valid
+    // for the program's run; no other CPU reads or writes them.
+    let (way0, way1) = unsafe { (&mut *way0, &mut *way1) };
+
+    let (slot, fresh) = if same_key(&way0.key, &words) {
+        (way0, false)
+    } else if same_key(&way1.key, &words) {
+        (way1, false)
+    } else {
+        // A source not seen (or already forgotten): start tracking it in
+        // the free or least recently seen slot of its set, within this
+        // CPU's budget of new sources per second.
+        if now.wrapping_sub(limiter.track_window_start_ns) >= ONE_SECOND_NS {
+            limiter.track_window_start_ns = now;
+            limiter.tracked_in_window = 0;
         }
+        if limiter.tracked_in_window >= u64::from(control.new_sources_per_sec) {
+            limiter.untracked += 1;
+            return;
+        }
+        limiter.tracked_in_window += 1;
+        let older = if way1.stats.last_seen_ns < way0.stats.last_seen_ns {
+            way1
+        } else {
+            way0
+        };
+        (older, true)
+    };
+
+    let why = if fresh {
+        slot.key = key;
+        slot.stats = SourceStats {
+            packets: 1,
+            bytes,
+            first_seen_ns: now,
+            last_seen_ns: now,
+            last_event_ns: 0,
+            reported_packets: 0,
+            reported_bytes: 0,
+            ports: [0; SOURCE_PORTS],
+            port_count: 1,
+            other_port_packets: 0,
+            proto,
+            _pad: [0; 3],
+        };
+        slot.stats.ports[0] = port;
+        WHY_FIRST
+    } else {
+        let stats = &mut slot.stats;
         stats.packets += 1;
         stats.bytes += bytes;
         stats.last_seen_ns = now;
         stats.proto = proto;
-        let new_port = remember_port(stats, port);
-        let why = if stats.packets == 1 {
-            WHY_FIRST
-        } else if new_port {
+        if remember_port(stats, port) {
             WHY_NEW_PORT
         } else if now.wrapping_sub(stats.last_event_ns)
             >= u64::from(control.summary_interval_ms) * 1_000_000
@@ -362,44 +411,65 @@ fn track(
             WHY_SUMMARY
         } else {
             return;
-        };
-        send_event(
-            control, limiter, now, kind, why, service, port, family, addr, stats,
-        );
-        return;
-    }
-
-    // A source not seen (or already forgotten): start tracking it, within
-    // this CPU's budget of new sources per second.
-    if now.wrapping_sub(limiter.track_window_start_ns) >= ONE_SECOND_NS {
-        limiter.track_window_start_ns = now;
-        limiter.tracked_in_window = 0;
-    }
-    if limiter.tracked_in_window >= u64::from(control.new_sources_per_sec) {
-        limiter.untracked += 1;
-        return;
-    }
-    limiter.tracked_in_window += 1;
-
-    let mut stats = SourceStats {
-        packets: 1,
-        bytes,
-        first_seen_ns: now,
-        last_seen_ns: now,
-        last_event_ns: 0,
-        reported_packets: 0,
-        reported_bytes: 0,
-        ports: [0; SOURCE_PORTS],
-        port_count: 1,
-        other_port_packets: 0,
-        proto,
-        _pad: [0; 3],
+        }
     };
-    stats.ports[0] = port;
     send_event(
-        control, limiter, now, kind, WHY_FIRST, service, port, family, addr, &mut stats,
+        control,
+        limiter,
+        now,
+        kind,
+        why,
+        service,
+        port,
+        family,
+        addr,
+        &mut slot.stats,
     );
-    let _ = SOURCES.insert(key, stats, 0);
+}
+
+/// A [`SourceKey`] as five words, to hash and compare without `memcmp`
+/// (which BPF does not have).
+#[inline(always)]
+fn key_words(key: &SourceKey) -> [u32; 5] {
+    // SAFETY: `SourceKey` is `#[repr(C)]` plain data of 20 bytes without
+    // padding (asserted in the common crate), so every bit pattern of it is
+    // a valid `[u32; 5]`; `transmute` copies by value, so alignment does not
+    // matter.
+    unsafe { core::mem::transmute::<SourceKey, [u32; 5]>(*key) }
+}
+
+#[inline(always)]
+fn same_key(key: &SourceKey, words: &[u32; 5]) -> bool {
+    let other = key_words(key);
+    let mut diff = 0;
+    for i in 0..5 {
+        diff |= other[i] ^ words[i];
+    }
+    diff == 0
+}
+
+/// The set of [`SOURCES`] a key belongs to: a seeded multiply-xorshift hash.
+/// It only spreads keys over the sets; the seed, random and per CPU, keeps
+/// anyone who cannot read the map from aiming sources at one set.
+#[inline(always)]
+fn source_set(words: &[u32; 5], seed: u64) -> u32 {
+    let mut hash = seed;
+    for &word in words {
+        hash = (hash ^ u64::from(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        hash ^= hash >> 29;
+    }
+    (hash >> 32) as u32 & (SOURCE_SETS - 1)
+}
+
+/// This CPU's hash seed, drawn on first use.
+#[inline(always)]
+fn hash_seed(limiter: &mut EventLimiter) -> u64 {
+    if limiter.hash_seed == 0 {
+        // SAFETY: helpers without preconditions.
+        let (high, low) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        limiter.hash_seed = (u64::from(high) << 32 | u64::from(low)) | 1;
+    }
+    limiter.hash_seed
 }
 
 /// The coarse clock. It advances once per tick, so it is read only when

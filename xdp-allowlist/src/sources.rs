@@ -1,18 +1,20 @@
 //! Per-source accounting: what each source sent to each service, read from
 //! the pinned `SOURCES` map, for `stats` and `top`.
 //!
-//! The kernel keeps one entry per (service, kind, source address) in an LRU
-//! hash, with one value per CPU. Each CPU counts only the packets it handled,
-//! so the values are merged here: packets and bytes summed, the earliest
-//! first seen and latest last seen kept, the ports united. A CPU whose value
-//! counted no packet never saw the source.
+//! Each CPU keeps its own table of (service, kind, source address) entries
+//! in a per-CPU array, and counts only the packets it handled. The values of
+//! one key are gathered from every CPU's table and merged here: packets and
+//! bytes summed, the earliest first seen and latest last seen kept, the
+//! ports united. A CPU that holds no entry for the key never saw the source
+//! (or forgot it).
 //!
 //! The merge, the port labels and the ranking are plain functions of the
 //! values, so they are tested without a kernel; [`SourcesReader`] only feeds
 //! them from the pinned maps.
 //!
-//! Limits: the map forgets the least recently seen sources once
-//! `SOURCES_CAPACITY` are tracked, and a flood of new sources beyond the
+//! Limits: each CPU tracks at most `SOURCES_CAPACITY` sources, in sets of
+//! `SOURCE_WAYS`; a new source replaces the least recently seen one of its
+//! set once the set is full, and a flood of new sources beyond the
 //! kernel's per-CPU budget is only counted (`untracked` in `status`). A
 //! source's ports are remembered per CPU, eight at most, in the order first
 //! touched; packets to further ports are counted in `other_port_packets`,
@@ -26,10 +28,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{Array, MapData, PerCpuHashMap};
+use aya::maps::{Array, MapData, PerCpuArray};
 use serde::{Serialize, Serializer};
 use xdp_allowlist_common::{
-    port_index, proto_index, Control, ServiceName, SourceKey, SourceStats, CONTROL_MAP,
+    port_index, proto_index, Control, ServiceName, SourceKey, SourceSlot, SourceStats, CONTROL_MAP,
     EVENT_ACCESS, EVENT_DROP, EVENT_WOULD_DROP, FAMILY_V4, FAMILY_V6, PORTS_MAP, PORT_SERVICE_MASK,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_NAMES_MAP, SOURCES_CAPACITY, SOURCES_MAP,
 };
@@ -349,7 +351,7 @@ pub fn split_and_rank(
 }
 
 /// The pinned `SOURCES` map, opened for reading.
-pub type SourcesMap = PerCpuHashMap<MapData, SourceKey, SourceStats>;
+pub type SourcesMap = PerCpuArray<MapData, SourceSlot>;
 
 /// Opens the pinned `SOURCES` map.
 ///
@@ -360,24 +362,38 @@ pub fn open_sources(pin_dir: &Path) -> anyhow::Result<SourcesMap> {
     bpf::open_map(pin_dir, SOURCES_MAP)
 }
 
-/// Every entry of `SOURCES` with its per-CPU values (indexed by CPU), not
-/// merged: `stats`, `top` and the daemon's sweep all read it through here.
+/// Every source in `SOURCES` with its per-CPU values (indexed by CPU; a
+/// CPU that holds no entry for it has an empty value), not merged: `stats`,
+/// `top` and the daemon's sweep all read it through here.
 ///
-/// The kernel updates and evicts entries while they are read, so the result
-/// is a close view, not an atomic snapshot. An entry evicted during the walk
-/// makes the kernel restart it from the first key: one value is kept per
-/// key and the walk is bounded to twice the map's capacity.
+/// The kernel updates and replaces entries while they are read, so the
+/// result is a close view, not an atomic snapshot.
 ///
 /// # Errors
 ///
 /// When the map cannot be read.
 pub fn read_per_cpu(map: &SourcesMap) -> anyhow::Result<HashMap<SourceKey, Vec<SourceStats>>> {
     let mut entries: HashMap<SourceKey, Vec<SourceStats>> = HashMap::new();
-    for item in map.iter().take(2 * SOURCES_CAPACITY as usize) {
-        let (key, values) = item?;
-        entries.insert(key, values.to_vec());
+    for index in 0..SOURCES_CAPACITY {
+        let values = map.get(&index, 0)?;
+        gather(&mut entries, &values);
     }
     Ok(entries)
+}
+
+/// Adds one slot's per-CPU values to `entries`. A source sits in at most one
+/// slot of each CPU's table, so a value is never overwritten (unless the
+/// kernel moved the source to the other slot of its set during the walk).
+fn gather(entries: &mut HashMap<SourceKey, Vec<SourceStats>>, per_cpu: &[SourceSlot]) {
+    for (cpu, slot) in per_cpu.iter().enumerate() {
+        if slot.key.kind == 0 {
+            continue;
+        }
+        let values = entries
+            .entry(slot.key)
+            .or_insert_with(|| vec![SourceStats::default(); per_cpu.len()]);
+        values[cpu] = slot.stats;
+    }
 }
 
 /// The pinned maps `stats` and `top` read, opened once.
@@ -440,6 +456,46 @@ impl SourcesReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gather_collects_each_source_from_every_cpu_table_and_skips_empty_slots() {
+        let key = |last: u8| SourceKey {
+            service: 1,
+            kind: EVENT_DROP,
+            family: FAMILY_V4,
+            addr: [203, 0, 113, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let slot = |key: SourceKey, packets: u64| SourceSlot {
+            key,
+            _pad: 0,
+            stats: SourceStats {
+                packets,
+                ..SourceStats::default()
+            },
+        };
+        let mut entries = HashMap::new();
+
+        // Slot 7 holds source .1 on CPU 0 and source .2 on CPU 2; CPU 1's is empty.
+        gather(
+            &mut entries,
+            &[slot(key(1), 5), SourceSlot::default(), slot(key(2), 9)],
+        );
+        // Another slot holds source .1 on CPU 1 (its table placed it elsewhere).
+        gather(
+            &mut entries,
+            &[
+                SourceSlot::default(),
+                slot(key(1), 3),
+                SourceSlot::default(),
+            ],
+        );
+
+        assert_eq!(entries.len(), 2);
+        let one: Vec<u64> = entries[&key(1)].iter().map(|s| s.packets).collect();
+        assert_eq!(one, [5, 3, 0]);
+        let two: Vec<u64> = entries[&key(2)].iter().map(|s| s.packets).collect();
+        assert_eq!(two, [0, 0, 9]);
+    }
 
     fn cpu(packets: u64, first: u64, last: u64, ports: &[u16], proto: u8) -> SourceStats {
         let mut stats = SourceStats {

@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::Value;
 use xdp_allowlist_tests::{
-    daemon::Daemon,
+    daemon::{Daemon, Instance},
     netns::{Pair, CLIENT_V4, SERVER_V4},
 };
 
@@ -403,7 +403,13 @@ file = "{}"
 "#,
         events_file.display()
     );
-    let daemon = Daemon::start(&pair, &config);
+    let instance = Instance::new(&format!("interfaces = [\"{}\"]\n{config}", pair.server_if));
+    // Debug level for the stream: each sweep logs what it read.
+    let daemon = Daemon::start_with_env(
+        &pair.server,
+        instance,
+        &[("XDP_ALLOWLIST_LOG", "info,xdp_allowlist::stream=debug")],
+    );
 
     // 40 datagrams 2 ms apart: well within one 2 s interval, then silence.
     let started = Instant::now();
@@ -441,10 +447,32 @@ file = "{}"
     let ended = wait_for_record(&events_file, &daemon, Duration::from_secs(15), |r| {
         is_source(r, "ended")
     });
-    assert_eq!(ended["episode_drops"], 40, "burst took {burst:?}: {ended}");
+    assert_eq!(
+        ended["episode_drops"],
+        40,
+        "burst took {burst:?}: {ended}\n{}\n{:#}",
+        daemon.log_text(),
+        daemon.instance.status(),
+    );
     let firing = records(&events_file)
         .into_iter()
         .filter(|r| is_source(r, "firing"))
         .count();
     assert_eq!(firing, 1, "one episode");
+
+    // The sweep after the burst read the table; those after it, with no
+    // packet accounted since, read nothing.
+    let log = daemon.log_text();
+    let sweeps: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("swept the source map"))
+        .collect();
+    assert!(
+        sweeps.iter().any(|l| l.contains("entries=Some(")),
+        "no sweep read the table:\n{log}"
+    );
+    assert!(
+        sweeps.last().is_some_and(|l| l.contains("entries=None")),
+        "a sweep with nothing new read the table anyway:\n{log}"
+    );
 }

@@ -264,6 +264,9 @@ pub struct EventLimiter {
     /// in: the program reads the clock once per tick, not once per packet.
     pub clock_ns: u64,
     pub clock_jiffies: u64,
+    /// Packets this CPU accounted in [`SOURCES_MAP`]: while it stands still,
+    /// so does this CPU's table, and the daemon's sweep skips reading it.
+    pub table_updates: u64,
     /// Seed of this CPU's [`SOURCES_MAP`] hash, drawn at random by the
     /// program on its first use (0: not drawn yet), so that nobody outside
     /// can choose sources that share a set.
@@ -449,7 +452,7 @@ const _: () = assert!(size_of::<RuleValue>() == 4);
 const _: () = assert!(size_of::<Control>() == 32);
 const _: () = assert!(size_of::<ServicePolicy>() == 4);
 const _: () = assert!(size_of::<ServiceCounters>() == 48);
-const _: () = assert!(size_of::<EventLimiter>() == 88);
+const _: () = assert!(size_of::<EventLimiter>() == 96);
 const _: () = assert!(size_of::<SourceKey>() == 20);
 const _: () = assert!(size_of::<SourceStats>() == 80);
 const _: () = assert!(size_of::<SourceSlot>() == 104);

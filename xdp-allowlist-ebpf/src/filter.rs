@@ -379,6 +379,7 @@ fn track(
         (older, true)
     };
 
+    limiter.table_updates += 1;
     let why = if fresh {
         slot.key = key;
         slot.stats = SourceStats {

@@ -166,7 +166,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let names = Arc::new(Mutex::new(invert(applier.ids())));
     let events = bpf::open_events(&options.pin_dir)?;
     let (alert_settings, alert_settings_rx) = watch::channel(config.alerts.clone());
-    let sources = match crate::sources::open_sources(&options.pin_dir) {
+    let sources = match crate::sources::SourceTable::open(&options.pin_dir) {
         Ok(map) => Some(map),
         Err(err) => {
             tracing::warn!(error = %format!("{err:#}"), "cannot open the source map: alerts see only the kernel's events");

@@ -31,9 +31,10 @@ use std::{
 use aya::maps::{Array, MapData, PerCpuArray};
 use serde::{Serialize, Serializer};
 use xdp_allowlist_common::{
-    port_index, proto_index, Control, ServiceName, SourceKey, SourceSlot, SourceStats, CONTROL_MAP,
-    EVENT_ACCESS, EVENT_DROP, EVENT_WOULD_DROP, FAMILY_V4, FAMILY_V6, PORTS_MAP, PORT_SERVICE_MASK,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_NAMES_MAP, SOURCES_CAPACITY, SOURCES_MAP,
+    port_index, proto_index, Control, EventLimiter, ServiceName, SourceKey, SourceSlot,
+    SourceStats, CONTROL_MAP, EVENT_ACCESS, EVENT_DROP, EVENT_LIMITER_MAP, EVENT_WOULD_DROP,
+    FAMILY_V4, FAMILY_V6, PORTS_MAP, PORT_SERVICE_MASK, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    SERVICE_NAMES_MAP, SOURCES_CAPACITY, SOURCES_MAP,
 };
 
 use crate::bpf;
@@ -360,6 +361,48 @@ pub type SourcesMap = PerCpuArray<MapData, SourceSlot>;
 /// When nothing is pinned in `pin_dir` under that name.
 pub fn open_sources(pin_dir: &Path) -> anyhow::Result<SourcesMap> {
     bpf::open_map(pin_dir, SOURCES_MAP)
+}
+
+/// The pinned maps a sweep reads: `SOURCES`, and `EVENT_LIMITER` for the
+/// kernel's count of updates to it.
+pub struct SourceTable {
+    slots: SourcesMap,
+    limiter: PerCpuArray<MapData, EventLimiter>,
+}
+
+impl SourceTable {
+    /// # Errors
+    ///
+    /// When either map is not pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            slots: open_sources(pin_dir)?,
+            limiter: bpf::open_map(pin_dir, EVENT_LIMITER_MAP)?,
+        })
+    }
+
+    /// Packets the kernel accounted in the table so far, over all CPUs:
+    /// when it has not moved, neither has the table. One map read, where
+    /// reading the table is one per slot.
+    ///
+    /// # Errors
+    ///
+    /// When the map cannot be read.
+    pub fn updates(&self) -> anyhow::Result<u64> {
+        let per_cpu = self.limiter.get(&0, 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(0u64, |sum, cpu| sum.wrapping_add(cpu.table_updates)))
+    }
+
+    /// See [`read_per_cpu`].
+    ///
+    /// # Errors
+    ///
+    /// When the map cannot be read.
+    pub fn read(&self) -> anyhow::Result<HashMap<SourceKey, Vec<SourceStats>>> {
+        read_per_cpu(&self.slots)
+    }
 }
 
 /// Every source in `SOURCES` with its per-CPU values (indexed by CPU; a

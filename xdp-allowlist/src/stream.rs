@@ -21,7 +21,7 @@ use xdp_allowlist_common::{SourceEvent, EVENT_ACCESS, EVENT_DROP, EVENT_WOULD_DR
 use crate::{
     alerts::{self, sink::Sink, AlertGauges, Engine, Observation, ObservationKind},
     config::{AlertSettings, Protocol},
-    sources::{self, SourcesMap},
+    sources::{self, SourceTable},
     sweep::{Accounting, SweepDelta},
 };
 
@@ -48,12 +48,14 @@ const SWEEP_COST_FACTOR: u32 = 10;
 /// keeps sending is reported by then anyway) within one and ten seconds,
 /// and at least ten times what the last sweep took.
 ///
-/// Measured in a release build on the 2-core test VM (root test
-/// `a_sweep_of_a_full_source_map_counts_each_packet_once`): a full map,
-/// 16,384 entries with 2 CPU values each, takes 32–41 ms to read (one
-/// lookup per key) and 8–12 ms to account the first time, so a sweep
-/// costs about 2–5 % of one CPU at the one-second floor and the cost bound
-/// only stretches the period on much slower or much larger machines.
+/// Measured on the 2-core test VM (root test
+/// `a_sweep_of_a_full_source_map_counts_each_packet_once`, a debug build):
+/// reading the map, 16,384 slots with 2 CPU values each, takes about 35 ms
+/// whatever it holds (one lookup per slot), and accounting a full map the
+/// first time about 20 ms, so a sweep costs at most about 5 % of one CPU at
+/// the one-second floor, and the cost bound only stretches the period on
+/// much slower or much larger machines. A sweep that finds the kernel's
+/// update count unchanged reads nothing.
 fn sweep_interval(settings: &AlertSettings, last_took: Duration) -> Duration {
     settings
         .summary_interval
@@ -69,7 +71,7 @@ fn sweep_interval(settings: &AlertSettings, last_took: Duration) -> Duration {
 /// reach the alerts.
 pub async fn stream_events(
     ring: RingBuf<MapData>,
-    sources: Option<SourcesMap>,
+    sources: Option<SourceTable>,
     names: Arc<Mutex<BTreeMap<u32, String>>>,
     mut settings: watch::Receiver<AlertSettings>,
     gauges: Arc<AlertGauges>,
@@ -94,10 +96,11 @@ pub async fn stream_events(
     // What was in the map before the daemon started is no news.
     let mut accounting = Accounting::new();
     let mut baseline = true;
+    let mut read_at = None;
     let sweeper = sources.map(Arc::new);
     let mut last_took = Duration::ZERO;
     if let Some(map) = &sweeper {
-        if let Some(swept) = sweep(map, &mut accounting, &mut baseline).await {
+        if let Some(swept) = sweep(map, &mut accounting, &mut baseline, &mut read_at).await {
             last_took = swept.took;
         }
     }
@@ -124,9 +127,9 @@ pub async fn stream_events(
                 // walk's values are applied (see `crate::sweep`).
                 let mut records = drain_ring(fd.get_mut(), &names, &mut engine, &mut accounting);
                 if let Some(map) = &sweeper {
-                    if let Some(swept) = sweep(map, &mut accounting, &mut baseline).await {
+                    if let Some(swept) = sweep(map, &mut accounting, &mut baseline, &mut read_at).await {
                         tracing::debug!(
-                            entries = swept.entries,
+                            entries = ?swept.entries,
                             values_with_news = swept.deltas.len(),
                             remembered = accounting.len(),
                             took_ms = swept.took.as_millis() as u64,
@@ -163,8 +166,9 @@ const MAX_PER_DRAIN: usize =
 
 /// What one sweep found.
 struct Swept {
-    /// Entries in the map.
-    entries: usize,
+    /// Entries in the map; `None` when the kernel had not touched it since
+    /// the last read, which was then not repeated.
+    entries: Option<usize>,
     deltas: Vec<SweepDelta>,
     /// The walk and the accounting together.
     took: Duration,
@@ -173,34 +177,48 @@ struct Swept {
 /// Reads every value of the `SOURCES` map and accounts it, on a blocking
 /// thread, off the executor: a full map takes tens of milliseconds (see
 /// [`sweep_interval`]). With `baseline`, only records what the map holds.
-/// `None` (logged) when the map cannot be read; if the thread failed, the
-/// accounting is lost and the next sweep must be a baseline again.
+/// `read_at` is the kernel's update count when the map was last read: while
+/// it stands still the map is not read again (an idle host costs one map
+/// lookup per sweep). `None` (logged) when the map cannot be read; if the
+/// thread failed, the accounting is lost and the next sweep must be a
+/// baseline again.
 async fn sweep(
-    map: &Arc<SourcesMap>,
+    table: &Arc<SourceTable>,
     accounting: &mut Accounting,
     baseline: &mut bool,
+    read_at: &mut Option<u64>,
 ) -> Option<Swept> {
-    let map = Arc::clone(map);
+    let table = Arc::clone(table);
     let mut owned = std::mem::take(accounting);
     let only_record = *baseline;
+    let unchanged_at = *read_at;
     let joined = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let result = sources::read_per_cpu(&map).map(|entries| {
+        let result = table.updates().and_then(|updates| {
+            if !only_record && unchanged_at == Some(updates) {
+                return Ok((updates, None));
+            }
+            let entries = table.read()?;
             let deltas = if only_record {
                 owned.baseline(&entries);
                 Vec::new()
             } else {
                 owned.sweep(&entries)
             };
-            (entries.len(), deltas)
+            Ok((updates, Some((entries.len(), deltas))))
         });
         (owned, result, started.elapsed())
     })
     .await;
     match joined {
-        Ok((owned, Ok((entries, deltas)), took)) => {
+        Ok((owned, Ok((updates, found)), took)) => {
             *accounting = owned;
             *baseline = false;
+            *read_at = Some(updates);
+            let (entries, deltas) = match found {
+                Some((entries, deltas)) => (Some(entries), deltas),
+                None => (None, Vec::new()),
+            };
             Some(Swept {
                 entries,
                 deltas,
@@ -209,11 +227,13 @@ async fn sweep(
         }
         Ok((owned, Err(err), _)) => {
             *accounting = owned;
+            *read_at = None;
             tracing::warn!(error = %format!("{err:#}"), "cannot read the source map; alerts see only events until the next sweep");
             None
         }
         Err(err) => {
             *baseline = true;
+            *read_at = None;
             tracing::warn!(error = %err, "the source-map sweep failed; the next one starts afresh");
             None
         }

@@ -77,9 +77,9 @@ pub struct AlertSettings {
     pub command_timeout: Duration,
     /// Log and write access records (allowed sources reaching protected ports).
     pub access_records: bool,
-    /// Per-source accounting in the kernel (`SOURCES`). Off, a drop costs
-    /// one hash lookup less, and `stats`, `top`, alerts and access records
-    /// have nothing to show.
+    /// Per-source accounting in the kernel (`SOURCES`). Off, a drop skips
+    /// the table (a hash and two slot compares), and `stats`, `top`, alerts
+    /// and access records have nothing to show.
     pub track_sources: bool,
 }
 

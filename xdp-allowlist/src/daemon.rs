@@ -112,6 +112,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracing::info!("per-source accounting is off (`track_sources = false` in [alerts]): stats, top, alerts and access records have nothing to show");
     }
 
+    // What the source table holds before the filter is attached is no news
+    // to the alerts; what comes after is.
+    let sources = match crate::sources::SourceTable::open(&options.pin_dir)
+        .and_then(crate::stream::SourceSweep::start)
+    {
+        Ok(sweep) => Some(sweep),
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "cannot read the source map: alerts see only the kernel's events");
+            None
+        }
+    };
+
     let mut watched = Vec::new();
     for interface in &interfaces {
         let kept = bpf::attachments(&options.pin_dir)
@@ -166,13 +178,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let names = Arc::new(Mutex::new(invert(applier.ids())));
     let events = bpf::open_events(&options.pin_dir)?;
     let (alert_settings, alert_settings_rx) = watch::channel(config.alerts.clone());
-    let sources = match crate::sources::SourceTable::open(&options.pin_dir) {
-        Ok(map) => Some(map),
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), "cannot open the source map: alerts see only the kernel's events");
-            None
-        }
-    };
     let events_task = tokio::spawn(crate::stream::stream_events(
         events,
         sources,

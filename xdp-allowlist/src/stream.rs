@@ -67,11 +67,12 @@ fn sweep_interval(settings: &AlertSettings, last_took: Duration) -> Duration {
 /// the log, the alert file and the alert command. The kernel already limits
 /// how many events are sent; counters hold the full numbers.
 ///
-/// `sources` is the pinned `SOURCES` map to sweep; without it only events
+/// `sources` is the pinned `SOURCES` map to sweep, with what it held when
+/// the daemon started (see [`SourceSweep::start`]); without it only events
 /// reach the alerts.
 pub async fn stream_events(
     ring: RingBuf<MapData>,
-    sources: Option<SourceTable>,
+    sources: Option<SourceSweep>,
     names: Arc<Mutex<BTreeMap<u32, String>>>,
     mut settings: watch::Receiver<AlertSettings>,
     gauges: Arc<AlertGauges>,
@@ -93,17 +94,12 @@ pub async fn stream_events(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut settings_open = true;
 
-    // What was in the map before the daemon started is no news.
-    let mut accounting = Accounting::new();
-    let mut baseline = true;
-    let mut read_at = None;
-    let sweeper = sources.map(Arc::new);
-    let mut last_took = Duration::ZERO;
-    if let Some(map) = &sweeper {
-        if let Some(swept) = sweep(map, &mut accounting, &mut baseline, &mut read_at).await {
-            last_took = swept.took;
-        }
-    }
+    let mut sweeper = sources;
+    let mut accounting = sweeper
+        .as_mut()
+        .map(|s| std::mem::take(&mut s.accounting))
+        .unwrap_or_default();
+    let mut last_took = sweeper.as_ref().map_or(Duration::ZERO, |s| s.took);
     let mut next_sweep =
         tokio::time::Instant::now() + sweep_interval(&settings.borrow(), last_took);
 
@@ -126,8 +122,8 @@ pub async fn stream_events(
                 // The ring first, then the walk, and no event until the
                 // walk's values are applied (see `crate::sweep`).
                 let mut records = drain_ring(fd.get_mut(), &names, &mut engine, &mut accounting);
-                if let Some(map) = &sweeper {
-                    if let Some(swept) = sweep(map, &mut accounting, &mut baseline, &mut read_at).await {
+                if let Some(sweeper) = &mut sweeper {
+                    if let Some(swept) = sweeper.sweep(&mut accounting).await {
                         tracing::debug!(
                             entries = ?swept.entries,
                             values_with_news = swept.deltas.len(),
@@ -174,68 +170,103 @@ struct Swept {
     took: Duration,
 }
 
-/// Reads every value of the `SOURCES` map and accounts it, on a blocking
-/// thread, off the executor: a full map takes tens of milliseconds (see
-/// [`sweep_interval`]). With `baseline`, only records what the map holds.
-/// `read_at` is the kernel's update count when the map was last read: while
-/// it stands still the map is not read again (an idle host costs one map
-/// lookup per sweep). `None` (logged) when the map cannot be read; if the
-/// thread failed, the accounting is lost and the next sweep must be a
-/// baseline again.
-async fn sweep(
-    table: &Arc<SourceTable>,
-    accounting: &mut Accounting,
-    baseline: &mut bool,
-    read_at: &mut Option<u64>,
-) -> Option<Swept> {
-    let table = Arc::clone(table);
-    let mut owned = std::mem::take(accounting);
-    let only_record = *baseline;
-    let unchanged_at = *read_at;
-    let joined = tokio::task::spawn_blocking(move || {
+/// The `SOURCES` map and where its sweeps stand.
+pub struct SourceSweep {
+    table: Arc<SourceTable>,
+    /// Handed to the stream once, which keeps it between sweeps.
+    accounting: Accounting,
+    /// The next sweep only records what the map holds (after a failed one).
+    baseline: bool,
+    /// The kernel's update count when the map was last read: while it stands
+    /// still the map is not read again (an idle host costs one map lookup
+    /// per sweep).
+    read_at: Option<u64>,
+    /// What the last sweep took.
+    took: Duration,
+}
+
+impl SourceSweep {
+    /// Records what the map holds now, before the daemon attaches the filter
+    /// (or adopts it): those counts are no news, and every packet the
+    /// filter judges from here on is. Taken later, packets that arrived in
+    /// between would pass for old ones and never reach the alerts.
+    ///
+    /// # Errors
+    ///
+    /// When the map cannot be read.
+    pub fn start(table: SourceTable) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let result = table.updates().and_then(|updates| {
-            if !only_record && unchanged_at == Some(updates) {
-                return Ok((updates, None));
+        let updates = table.updates()?;
+        let mut accounting = Accounting::new();
+        // A table the kernel never wrote (a fresh load) holds nothing.
+        if updates != 0 {
+            accounting.baseline(&table.read()?);
+        }
+        Ok(Self {
+            table: Arc::new(table),
+            accounting,
+            baseline: false,
+            read_at: Some(updates),
+            took: started.elapsed(),
+        })
+    }
+
+    /// Reads every value of the map and accounts it, on a blocking thread,
+    /// off the executor: a full map takes tens of milliseconds (see
+    /// [`sweep_interval`]). `None` (logged) when the map cannot be read; if
+    /// the thread failed, the accounting is lost and the next sweep must be
+    /// a baseline again.
+    async fn sweep(&mut self, accounting: &mut Accounting) -> Option<Swept> {
+        let table = Arc::clone(&self.table);
+        let mut owned = std::mem::take(accounting);
+        let only_record = self.baseline;
+        let unchanged_at = self.read_at;
+        let joined = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let result = table.updates().and_then(|updates| {
+                if !only_record && unchanged_at == Some(updates) {
+                    return Ok((updates, None));
+                }
+                let entries = table.read()?;
+                let deltas = if only_record {
+                    owned.baseline(&entries);
+                    Vec::new()
+                } else {
+                    owned.sweep(&entries)
+                };
+                Ok((updates, Some((entries.len(), deltas))))
+            });
+            (owned, result, started.elapsed())
+        })
+        .await;
+        match joined {
+            Ok((owned, Ok((updates, found)), took)) => {
+                *accounting = owned;
+                self.baseline = false;
+                self.read_at = Some(updates);
+                self.took = took;
+                let (entries, deltas) = match found {
+                    Some((entries, deltas)) => (Some(entries), deltas),
+                    None => (None, Vec::new()),
+                };
+                Some(Swept {
+                    entries,
+                    deltas,
+                    took,
+                })
             }
-            let entries = table.read()?;
-            let deltas = if only_record {
-                owned.baseline(&entries);
-                Vec::new()
-            } else {
-                owned.sweep(&entries)
-            };
-            Ok((updates, Some((entries.len(), deltas))))
-        });
-        (owned, result, started.elapsed())
-    })
-    .await;
-    match joined {
-        Ok((owned, Ok((updates, found)), took)) => {
-            *accounting = owned;
-            *baseline = false;
-            *read_at = Some(updates);
-            let (entries, deltas) = match found {
-                Some((entries, deltas)) => (Some(entries), deltas),
-                None => (None, Vec::new()),
-            };
-            Some(Swept {
-                entries,
-                deltas,
-                took,
-            })
-        }
-        Ok((owned, Err(err), _)) => {
-            *accounting = owned;
-            *read_at = None;
-            tracing::warn!(error = %format!("{err:#}"), "cannot read the source map; alerts see only events until the next sweep");
-            None
-        }
-        Err(err) => {
-            *baseline = true;
-            *read_at = None;
-            tracing::warn!(error = %err, "the source-map sweep failed; the next one starts afresh");
-            None
+            Ok((owned, Err(err), _)) => {
+                *accounting = owned;
+                self.read_at = None;
+                tracing::warn!(error = %format!("{err:#}"), "cannot read the source map; alerts see only events until the next sweep");
+                None
+            }
+            Err(err) => {
+                self.baseline = true;
+                self.read_at = None;
+                tracing::warn!(error = %err, "the source-map sweep failed; the next one starts afresh");
+                None
+            }
         }
     }
 }

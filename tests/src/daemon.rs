@@ -34,6 +34,17 @@ pub fn binary_path() -> PathBuf {
     }
 }
 
+/// Fails the test with the command's output unless it exited 0.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A configuration file and pin directory of a test's own.
 pub struct Instance {
     pub dir: tempfile::TempDir,

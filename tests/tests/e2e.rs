@@ -4,7 +4,7 @@
 use std::{fs, time::Duration};
 
 use xdp_allowlist_tests::{
-    daemon::{Daemon, Instance},
+    daemon::{assert_success, Daemon, Instance},
     netns::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
 };
 
@@ -18,16 +18,6 @@ const ADMIN_ONLY: &str = r#"
 ports = ["tcp/8443"]
 allow = ["203.0.113.0/24", "2001:db8:100::/48"]  # office, VPN
 "#;
-
-fn assert_success(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn edit_cycle(pair: &Pair, daemon: &Daemon, client: &str, server: &str, cidr: &str) {
     assert!(

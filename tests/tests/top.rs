@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 use xdp_allowlist_tests::{
-    daemon::{binary, Daemon},
+    daemon::{assert_success, binary, Daemon},
     netns::{Pair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
 };
 
@@ -74,16 +74,6 @@ fn stats_json(daemon: &Daemon, extra: &[&str]) -> Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The row of `list` for (source, service).

@@ -266,6 +266,30 @@ impl SourceRow {
             source: self.source,
         }
     }
+
+    /// A row of service 1, `service`, with no bytes or ports, first seen
+    /// at the epoch and last seen `last_seen_s` seconds after it.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        source: IpAddr,
+        service: &str,
+        kind: Kind,
+        packets: u64,
+        last_seen_s: u64,
+    ) -> Self {
+        Self {
+            source,
+            service: service.to_owned(),
+            service_id: 1,
+            kind,
+            packets,
+            bytes: 0,
+            first_seen: SystemTime::UNIX_EPOCH,
+            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(last_seen_s),
+            ports: vec![],
+            other_port_packets: 0,
+        }
+    }
 }
 
 fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
@@ -727,18 +751,7 @@ mod tests {
     }
 
     fn row(source: [u8; 4], kind: Kind, packets: u64, last_seen_s: u64) -> SourceRow {
-        SourceRow {
-            source: IpAddr::from(source),
-            service: "svc".to_owned(),
-            service_id: 1,
-            kind,
-            packets,
-            bytes: 0,
-            first_seen: SystemTime::UNIX_EPOCH,
-            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(last_seen_s),
-            ports: vec![],
-            other_port_packets: 0,
-        }
+        SourceRow::for_test(IpAddr::from(source), "svc", kind, packets, last_seen_s)
     }
 
     #[test]

@@ -232,18 +232,13 @@ mod tests {
     }
 
     fn row(last: u8, kind: Kind, packets: u64, last_seen_s: u64) -> SourceRow {
-        SourceRow {
-            source: IpAddr::from([198, 51, 100, last]),
-            service: "dns".to_owned(),
-            service_id: 1,
+        SourceRow::for_test(
+            IpAddr::from([198, 51, 100, last]),
+            "dns",
             kind,
             packets,
-            bytes: 0,
-            first_seen: SystemTime::UNIX_EPOCH,
-            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(last_seen_s),
-            ports: vec![],
-            other_port_packets: 0,
-        }
+            last_seen_s,
+        )
     }
 
     fn order(state: &State) -> Vec<String> {

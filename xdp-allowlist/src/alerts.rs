@@ -179,36 +179,49 @@ impl AlertGauges {
     }
 }
 
+/// The bucket a time falls in, and the window it counts over. Buckets are
+/// kept by their start time, not their number, so that counts taken under
+/// one window stay comparable after a reload changes it.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    start_ms: u64,
+    window_ms: u64,
+}
+
 /// A count over a sliding window, kept in [`BUCKETS`] buckets.
 #[derive(Clone, Debug, Default)]
 struct WindowCounter {
-    /// (bucket number, count), oldest first.
+    /// (bucket start in ms since the epoch, count), oldest first.
     buckets: VecDeque<(u64, u64)>,
 }
 
 impl WindowCounter {
-    fn add(&mut self, bucket: u64, count: u64) {
+    fn add(&mut self, bucket: Bucket, count: u64) {
         match self.buckets.back_mut() {
-            Some((b, c)) if *b == bucket => *c = c.saturating_add(count),
+            Some((b, c)) if *b == bucket.start_ms => *c = c.saturating_add(count),
             // Observations arrive in about time order; one a little late is
             // counted in the current bucket rather than reordered.
-            Some((b, c)) if *b > bucket => *c = c.saturating_add(count),
-            _ => self.buckets.push_back((bucket, count)),
+            Some((b, c)) if *b > bucket.start_ms => *c = c.saturating_add(count),
+            _ => self.buckets.push_back((bucket.start_ms, count)),
         }
-        self.prune(bucket.max(self.buckets.back().map_or(0, |(b, _)| *b)));
+        let latest = self.buckets.back().map_or(0, |(b, _)| *b);
+        self.prune(Bucket {
+            start_ms: bucket.start_ms.max(latest),
+            ..bucket
+        });
     }
 
-    fn prune(&mut self, bucket: u64) {
+    fn prune(&mut self, bucket: Bucket) {
         while self
             .buckets
             .front()
-            .is_some_and(|(b, _)| b + BUCKETS <= bucket)
+            .is_some_and(|(b, _)| b + bucket.window_ms <= bucket.start_ms)
         {
             self.buckets.pop_front();
         }
     }
 
-    fn total(&mut self, bucket: u64) -> u64 {
+    fn total(&mut self, bucket: Bucket) -> u64 {
         self.prune(bucket);
         self.buckets.iter().map(|(_, c)| c).sum()
     }
@@ -317,10 +330,6 @@ impl Engine {
         self.settings = settings;
     }
 
-    pub fn settings(&self) -> &AlertSettings {
-        &self.settings
-    }
-
     /// Alerts of `kind` firing now.
     pub fn active(&self, kind: AlertKind) -> usize {
         self.active[kind.index()]
@@ -340,8 +349,13 @@ impl Engine {
         (self.settings.window.as_millis() as u64).max(1)
     }
 
-    fn bucket(&self, at_ms: u64) -> u64 {
-        at_ms / (self.window_ms() / BUCKETS).max(1)
+    fn bucket(&self, at_ms: u64) -> Bucket {
+        let window_ms = self.window_ms();
+        let width = (window_ms / BUCKETS).max(1);
+        Bucket {
+            start_ms: at_ms - at_ms % width,
+            window_ms,
+        }
     }
 
     /// Takes one observation; returns the records it causes (an access
@@ -403,9 +417,11 @@ impl Engine {
             };
             update(tracked);
             for kind in table.kinds() {
-                if condition(settings, *kind, tracked, now_ms, window_ms, bucket) {
+                if condition(settings, *kind, tracked, now_ms, bucket) {
                     let episode = &mut tracked.episodes[kind.index()];
-                    episode.last_true_ms = now_ms;
+                    // A sweep's observation is dated at the source's last
+                    // packet, which can be older than the last tick.
+                    episode.last_true_ms = episode.last_true_ms.max(now_ms);
                     if !episode.firing {
                         episode.firing = true;
                         self.active[kind.index()] += 1;
@@ -436,12 +452,15 @@ impl Engine {
         let active = &mut self.active;
         let mut records = Vec::new();
 
-        let mut check = |name: String, tracked: &mut Tracked, kinds: &[AlertKind]| {
+        let mut check = |name: &dyn Fn() -> String, tracked: &mut Tracked, kinds: &[AlertKind]| {
+            if !tracked.firing() {
+                return;
+            }
             for kind in kinds {
                 if !tracked.episodes[kind.index()].firing {
                     continue;
                 }
-                if condition(settings, *kind, tracked, now_ms, window_ms, bucket) {
+                if condition(settings, *kind, tracked, now_ms, bucket) {
                     tracked.episodes[kind.index()].last_true_ms = now_ms;
                     continue;
                 }
@@ -451,7 +470,7 @@ impl Engine {
                         settings,
                         *kind,
                         AlertState::Ended,
-                        &name,
+                        &name(),
                         tracked,
                         now_ms,
                         bucket,
@@ -464,10 +483,10 @@ impl Engine {
             }
         };
         for (source, tracked) in &mut self.sources {
-            check(source.to_string(), tracked, Table::Sources.kinds());
+            check(&|| source.to_string(), tracked, Table::Sources.kinds());
         }
         for (prefix, tracked) in &mut self.prefixes {
-            check(prefix.to_string(), tracked, Table::Prefixes.kinds());
+            check(&|| prefix.to_string(), tracked, Table::Prefixes.kinds());
         }
 
         let quiet = |t: &Tracked| !t.firing() && t.last_seen_ms + window_ms <= now_ms;
@@ -560,14 +579,13 @@ fn condition(
     kind: AlertKind,
     tracked: &mut Tracked,
     now_ms: u64,
-    window_ms: u64,
-    bucket: u64,
+    bucket: Bucket,
 ) -> bool {
     match kind {
         AlertKind::Source => tracked.drops.total(bucket) >= settings.source_drops,
         AlertKind::Prefix => tracked.drops.total(bucket) >= settings.prefix_drops,
         AlertKind::Scan => {
-            tracked.live_ports(now_ms, window_ms).len() >= settings.scan_ports as usize
+            tracked.live_ports(now_ms, bucket.window_ms).len() >= settings.scan_ports as usize
         }
     }
 }
@@ -579,9 +597,9 @@ fn alert_record(
     name: &str,
     tracked: &mut Tracked,
     now_ms: u64,
-    bucket: u64,
+    bucket: Bucket,
 ) -> AlertRecord {
-    let window_ms = (settings.window.as_millis() as u64).max(1);
+    let window_ms = bucket.window_ms;
     AlertRecord {
         alert: kind,
         state,

@@ -179,6 +179,37 @@ fn an_alert_ends_after_a_whole_quiet_window_and_can_fire_again() {
     assert_eq!(again[0].state, AlertState::Firing);
 }
 
+/// Drops counted under one window leave a longer one on time: a reload
+/// that changes `window` neither keeps old counts forever nor loses an
+/// episode's end.
+#[test]
+fn a_reloaded_window_counts_old_drops_in_time_and_still_ends_alerts() {
+    let mut engine = Engine::new(settings());
+    assert_eq!(
+        alerts(&engine.observe(&drop("203.0.113.9", 22, 150, at(0.0)))).len(),
+        1
+    );
+
+    // Ten times the window: the drops at 0 s count until 600 s.
+    engine.set_settings(AlertSettings {
+        window: Duration::from_secs(600),
+        ..settings()
+    });
+    // A trickle after the reload stays below the threshold with them
+    // gone, and must not pile onto them.
+    let mut records = Vec::new();
+    for second in (10..1_300).step_by(10) {
+        if second < 700 {
+            records.extend(engine.observe(&drop("203.0.113.9", 22, 1, at(f64::from(second)))));
+        }
+        records.extend(engine.tick(at(f64::from(second) + 0.5)));
+    }
+    let seen = alerts(&records);
+    assert_eq!(seen.len(), 1, "one end, no new episode: {seen:#?}");
+    assert_eq!(seen[0].state, AlertState::Ended);
+    assert_eq!(engine.active(AlertKind::Source), 0);
+}
+
 #[test]
 fn continued_probing_keeps_one_episode_going() {
     let mut engine = Engine::new(settings());

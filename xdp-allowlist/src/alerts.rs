@@ -42,8 +42,9 @@ pub const DEFAULT_CAPACITY: usize = 65_536;
 /// bucket (a sixteenth of the window).
 const BUCKETS: u64 = 16;
 
-/// Distinct ports and services remembered per source or prefix.
-const MAX_PORTS: usize = 256;
+/// Distinct ports and services remembered per source or prefix; also the
+/// largest `scan_ports` the configuration takes.
+pub const MAX_PORTS: usize = 256;
 const MAX_SERVICES: usize = 32;
 
 /// What the kernel saw.

@@ -95,13 +95,11 @@ pub async fn stream_events(
     let mut settings_open = true;
 
     let mut sweeper = sources;
-    let mut accounting = sweeper
-        .as_mut()
-        .map(|s| std::mem::take(&mut s.accounting))
-        .unwrap_or_default();
-    let mut last_took = sweeper.as_ref().map_or(Duration::ZERO, |s| s.took);
-    let mut next_sweep =
-        tokio::time::Instant::now() + sweep_interval(&settings.borrow(), last_took);
+    let mut next_sweep = tokio::time::Instant::now()
+        + sweep_interval(
+            &settings.borrow(),
+            sweeper.as_ref().map_or(Duration::ZERO, |s| s.took),
+        );
 
     loop {
         let records = tokio::select! {
@@ -113,29 +111,31 @@ pub async fn stream_events(
                         return;
                     }
                 };
-                let records = drain_ring(guard.get_inner_mut(), &names, &mut engine, &mut accounting);
+                let accounting = sweeper.as_mut().map(|s| &mut s.accounting);
+                let records = drain_ring(guard.get_inner_mut(), &names, &mut engine, accounting);
                 guard.clear_ready();
                 records
             }
-            _ = drain.tick() => drain_ring(fd.get_mut(), &names, &mut engine, &mut accounting),
+            _ = drain.tick() => {
+                let accounting = sweeper.as_mut().map(|s| &mut s.accounting);
+                drain_ring(fd.get_mut(), &names, &mut engine, accounting)
+            }
             _ = tokio::time::sleep_until(next_sweep), if sweeper.is_some() => {
+                let Some(sweeper) = sweeper.as_mut() else { continue };
                 // The ring first, then the walk, and no event until the
                 // walk's values are applied (see `crate::sweep`).
-                let mut records = drain_ring(fd.get_mut(), &names, &mut engine, &mut accounting);
-                if let Some(sweeper) = &mut sweeper {
-                    if let Some(swept) = sweeper.sweep(&mut accounting).await {
-                        tracing::debug!(
-                            entries = ?swept.entries,
-                            values_with_news = swept.deltas.len(),
-                            remembered = accounting.len(),
-                            took_ms = swept.took.as_millis() as u64,
-                            "swept the source map"
-                        );
-                        records.extend(apply_sweep(&swept.deltas, &names, &mut engine));
-                        last_took = swept.took;
-                    }
+                let mut records = drain_ring(fd.get_mut(), &names, &mut engine, Some(&mut sweeper.accounting));
+                if let Some(swept) = sweeper.sweep().await {
+                    tracing::debug!(
+                        entries = ?swept.entries,
+                        values_with_news = swept.deltas.len(),
+                        remembered = sweeper.accounting.len(),
+                        took_ms = sweeper.took.as_millis() as u64,
+                        "swept the source map"
+                    );
+                    records.extend(apply_sweep(&swept.deltas, &names, &mut engine));
                 }
-                next_sweep = tokio::time::Instant::now() + sweep_interval(&settings.borrow(), last_took);
+                next_sweep = tokio::time::Instant::now() + sweep_interval(&settings.borrow(), sweeper.took);
                 records
             }
             _ = tick.tick() => engine.tick(std::time::SystemTime::now()),
@@ -166,14 +166,12 @@ struct Swept {
     /// the last read, which was then not repeated.
     entries: Option<usize>,
     deltas: Vec<SweepDelta>,
-    /// The walk and the accounting together.
-    took: Duration,
 }
 
 /// The `SOURCES` map and where its sweeps stand.
 pub struct SourceSweep {
     table: Arc<SourceTable>,
-    /// Handed to the stream once, which keeps it between sweeps.
+    /// What the events and sweeps counted so far, per source and CPU.
     accounting: Accounting,
     /// The next sweep only records what the map holds (after a failed one).
     baseline: bool,
@@ -181,7 +179,7 @@ pub struct SourceSweep {
     /// still the map is not read again (an idle host costs one map lookup
     /// per sweep).
     read_at: Option<u64>,
-    /// What the last sweep took.
+    /// What the last sweep took, the walk and the accounting together.
     took: Duration,
 }
 
@@ -216,9 +214,9 @@ impl SourceSweep {
     /// [`sweep_interval`]). `None` (logged) when the map cannot be read; if
     /// the thread failed, the accounting is lost and the next sweep must be
     /// a baseline again.
-    async fn sweep(&mut self, accounting: &mut Accounting) -> Option<Swept> {
+    async fn sweep(&mut self) -> Option<Swept> {
         let table = Arc::clone(&self.table);
-        let mut owned = std::mem::take(accounting);
+        let mut owned = std::mem::take(&mut self.accounting);
         let only_record = self.baseline;
         let unchanged_at = self.read_at;
         let joined = tokio::task::spawn_blocking(move || {
@@ -241,7 +239,7 @@ impl SourceSweep {
         .await;
         match joined {
             Ok((owned, Ok((updates, found)), took)) => {
-                *accounting = owned;
+                self.accounting = owned;
                 self.baseline = false;
                 self.read_at = Some(updates);
                 self.took = took;
@@ -249,14 +247,10 @@ impl SourceSweep {
                     Some((entries, deltas)) => (Some(entries), deltas),
                     None => (None, Vec::new()),
                 };
-                Some(Swept {
-                    entries,
-                    deltas,
-                    took,
-                })
+                Some(Swept { entries, deltas })
             }
             Ok((owned, Err(err), _)) => {
-                *accounting = owned;
+                self.accounting = owned;
                 self.read_at = None;
                 tracing::warn!(error = %format!("{err:#}"), "cannot read the source map; alerts see only events until the next sweep");
                 None
@@ -302,7 +296,7 @@ fn drain_ring(
     ring: &mut RingBuf<MapData>,
     names: &Mutex<BTreeMap<u32, String>>,
     engine: &mut Engine,
-    accounting: &mut Accounting,
+    mut accounting: Option<&mut Accounting>,
 ) -> Vec<alerts::Record> {
     let clock = Clock::now();
     let mut records = Vec::new();
@@ -315,7 +309,12 @@ fn drain_ring(
         };
         let service = service_name(names, event.service);
         log_event(&event, &service);
-        let packets = accounting.event(&event);
+        // Without a sweep, nothing else counts the packets: the event's
+        // own delta is the news (and nothing is remembered per source).
+        let packets = match accounting.as_deref_mut() {
+            Some(accounting) => accounting.event(&event),
+            None => event.packets,
+        };
         if let Some(observation) = observe(&event, packets, service, &clock) {
             records.extend(engine.observe(&observation));
         }

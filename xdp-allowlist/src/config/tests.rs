@@ -456,6 +456,7 @@ fn bad_alert_values_are_refused_with_their_line() {
         ),
         ("[alerts]\nprefix_drops = -3\n", "`prefix_drops`"),
         ("[alerts]\nscan_ports = 0\n", "`scan_ports`"),
+        ("[alerts]\nscan_ports = 257\n", "`scan_ports`"),
         ("[alerts]\ncommand = []\n", "it is empty"),
         ("[alerts]\ncommand = [\"\", \"x\"]\n", "first element"),
         ("[alerts]\ncommand = \"notify --all\"\n", "no shell"),

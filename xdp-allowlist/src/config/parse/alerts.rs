@@ -53,7 +53,7 @@ impl Walker {
         if let Some(n) = threshold(self, "prefix_drops", 1_000_000_000) {
             settings.prefix_drops = u64::from(n);
         }
-        if let Some(n) = threshold(self, "scan_ports", 65_535) {
+        if let Some(n) = threshold(self, "scan_ports", crate::alerts::MAX_PORTS as i64) {
             settings.scan_ports = n;
         }
         if let Some(n) = threshold(self, "new_sources_per_second", 10_000_000) {

@@ -135,6 +135,9 @@ impl Sink {
                 .args(&args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
+                // Its own process group, so that a timeout ends what it
+                // started too (a script's `curl`), not only the script.
+                .process_group(0)
                 .kill_on_drop(true)
                 .spawn();
             let mut child = match spawned {
@@ -163,6 +166,12 @@ impl Sink {
                     tracing::warn!(command = %program, error = %err, "cannot wait for the alert command");
                 }
                 Err(_) => {
+                    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                        // SAFETY: kill(2) with a negative pid signals the
+                        // process group the child leads (made above); it
+                        // touches no memory of ours.
+                        unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    }
                     let _ = child.kill().await;
                     tracing::warn!(
                         command = %program,
@@ -334,5 +343,43 @@ mod tests {
             started.elapsed()
         );
         assert!(sink.run_command(&alert).is_some(), "slots are free again");
+    }
+
+    /// Whether process `pid` still runs (a zombie waiting for its parent
+    /// does not).
+    fn running(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_timeout_also_ends_what_the_command_started() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pid_file = dir.path().join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let settings = AlertSettings {
+            command: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
+            command_timeout: Duration::from_millis(300),
+            ..AlertSettings::default()
+        };
+        let sink = Sink::new(&settings, Arc::new(AlertGauges::default()));
+        sink.run_command(&alert())
+            .expect("a free slot")
+            .await
+            .expect("command task");
+
+        let pid = std::fs::read_to_string(&pid_file).expect("the script wrote its child's pid");
+        let pid = pid.trim();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while running(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !running(pid),
+            "the command's own child {pid} outlived the timeout"
+        );
     }
 }

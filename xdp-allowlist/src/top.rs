@@ -81,7 +81,6 @@ pub struct State {
     pub error: Option<String>,
     previous: HashMap<RowKey, u64>,
     history: HashMap<RowKey, VecDeque<f64>>,
-    refreshed: bool,
 }
 
 impl State {
@@ -98,18 +97,21 @@ impl State {
         let mut table = Vec::with_capacity(rows.len());
         for row in rows.into_iter().filter(|r| r.kind.is_refusal()) {
             let key = row.key();
-            let rate = if !self.refreshed || secs <= 0.0 {
+            let rate = if self.read_at.is_none() || secs <= 0.0 {
                 None
             } else {
                 // A row new since the last reading got all its packets in
-                // between; one that shrank was forgotten and tracked anew.
-                let before = self.previous.get(&key).copied().unwrap_or(0);
-                let delta = if row.packets >= before {
-                    row.packets - before
-                } else {
-                    row.packets
-                };
-                Some(delta as f64 / secs)
+                // between. One that shrank lost a CPU's count (that CPU's
+                // table replaced it) while others kept theirs: its packets
+                // since are unknown, and taking its whole total would show
+                // a spike that never happened.
+                match self.previous.get(&key) {
+                    None => Some(row.packets as f64 / secs),
+                    Some(&before) if row.packets >= before => {
+                        Some((row.packets - before) as f64 / secs)
+                    }
+                    Some(_) => None,
+                }
             };
             current.insert(key, row.packets);
             table.push(TopRow { row, rate });
@@ -136,7 +138,6 @@ impl State {
         self.status = Some(status);
         self.read_at = Some(now);
         self.error = None;
-        self.refreshed = true;
     }
 
     /// Records a failed reading; the last good one stays on screen.
@@ -288,6 +289,22 @@ mod tests {
             !rates.contains_key("198.51.100.4"),
             "access rows are not shown"
         );
+
+        // A total that shrank (a CPU's table replaced the source) has no
+        // known rate, rather than the spike its whole total would make.
+        state.update(
+            vec![row(1, Kind::Drop, 60, 9), row(2, Kind::Drop, 51, 9)],
+            status(),
+            SECOND,
+            now,
+        );
+        let rates: HashMap<String, Option<f64>> = state
+            .rows
+            .iter()
+            .map(|r| (r.row.source.to_string(), r.rate))
+            .collect();
+        assert_eq!(rates["198.51.100.1"], None);
+        assert_eq!(rates["198.51.100.2"], Some(1.0));
     }
 
     #[test]

@@ -55,8 +55,9 @@ pub fn run(pin_dir: &Path, interval: Duration) -> anyhow::Result<()> {
     let mut state = State::default();
     refresh(&mut state, &reader, pin_dir, Duration::ZERO)?;
 
-    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    // Armed first: setting up can fail after raw mode is on.
     let restore = Restore;
+    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let result = event_loop(&mut terminal, &mut state, &reader, pin_dir, interval);
     drop(restore);
     result
@@ -83,6 +84,8 @@ fn event_loop(
     interval: Duration,
 ) -> anyhow::Result<()> {
     let mut last_read = Instant::now();
+    // Rates are over the time since the last reading that succeeded.
+    let mut last_good = last_read;
     loop {
         terminal.draw(|frame| draw(frame, state, pin_dir, interval))?;
 
@@ -104,10 +107,10 @@ fn event_loop(
         }
 
         if last_read.elapsed() >= interval {
-            let elapsed = last_read.elapsed();
             last_read = Instant::now();
-            if let Err(err) = refresh(state, reader, pin_dir, elapsed) {
-                state.failed(format!("{err:#}"));
+            match refresh(state, reader, pin_dir, last_good.elapsed()) {
+                Ok(()) => last_good = last_read,
+                Err(err) => state.failed(format!("{err:#}")),
             }
         }
     }

@@ -258,7 +258,8 @@ pub struct EventLimiter {
     /// Start of the current one-second window of the new-source budget.
     pub track_window_start_ns: u64,
     pub tracked_in_window: u64,
-    /// Drops from sources not tracked because the new-source budget was spent.
+    /// Packets (drops, would-drops, access) from sources not tracked because
+    /// the new-source budget was spent.
     pub untracked: u64,
     /// The coarse clock as last read, and the tick (`jiffies`) it was read
     /// in: the program reads the clock once per tick, not once per packet.

@@ -122,8 +122,8 @@ pub fn render(status: &Status, alerts: Option<&AlertGauges>) -> Result<String, s
     let untracked = Counter::<u64, AtomicU64>::default();
     untracked.inc_by(status.events.untracked);
     registry.register(
-        "untracked_drops",
-        "Drops from sources not tracked per source (the new-source budget was spent)",
+        "untracked_packets",
+        "Packets to protected ports (drops, would-drops, access) from sources not tracked per source: the new-source budget was spent",
         untracked,
     );
 

@@ -147,7 +147,7 @@ pub fn render(report: &Report) -> String {
     let e = &report.events;
     let _ = writeln!(
         out,
-        "events: {} sent, {} rate-limited, {} lost (ring full); {} drops from untracked sources",
+        "events: {} sent, {} rate-limited, {} lost (ring full); {} packets from untracked sources",
         e.sent, e.rate_limited, e.ring_full, e.untracked
     );
 
@@ -369,7 +369,7 @@ mod tests {
         assert!(!text[refused..access].contains("10.0.0.4"));
         assert!(text[access..].contains("10.0.0.4"));
         assert!(text.contains("udp/5353"));
-        assert!(text.contains("2 drops from untracked sources"));
+        assert!(text.contains("2 packets from untracked sources"));
         let service_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("dns ")).collect();
         assert_eq!(
             service_lines.len(),

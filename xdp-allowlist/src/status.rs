@@ -190,7 +190,7 @@ pub fn render(status: &Status) -> String {
     );
     let _ = writeln!(
         out,
-        "source events: {} sent, {} not sent (rate limit), {} lost (ring buffer full); {} drops from untracked sources (new-source budget spent)",
+        "source events: {} sent, {} not sent (rate limit), {} lost (ring buffer full); {} packets from untracked sources (new-source budget spent)",
         status.events.sent, status.events.rate_limited, status.events.ring_full, status.events.untracked
     );
     out

@@ -198,7 +198,7 @@ fn daemon_markdown(md: &mut String, d: &DaemonMemory) {
     );
     let _ = writeln!(
         md,
-        "\nThe release `xdp-allowlist` binary (`{}`) runs `run` in the receiving namespace, attached to the receiving veth with one service on tcp/8443 and events at their defaults. The generator sent {} frames from random sources in 2001:db8:ffff::/96; the filter saw {} of them at {:.2} M per second, about {} distinct sources, and dropped {}. Kernel counters over the flood: {} events sent, {} rate limited, {} lost to a full ring, {} drops from untracked sources. *VmHWM* is the peak resident set since the daemon started (`/proc/PID/status`), read once start-up settled and again 3 s after the flood; the daemon was stopped by its pid afterwards.",
+        "\nThe release `xdp-allowlist` binary (`{}`) runs `run` in the receiving namespace, attached to the receiving veth with one service on tcp/8443 and events at their defaults. The generator sent {} frames from random sources in 2001:db8:ffff::/96; the filter saw {} of them at {:.2} M per second, about {} distinct sources, and dropped {}. Kernel counters over the flood: {} events sent, {} rate limited, {} lost to a full ring, {} packets from untracked sources. *VmHWM* is the peak resident set since the daemon started (`/proc/PID/status`), read once start-up settled and again 3 s after the flood; the daemon was stopped by its pid afterwards.",
         d.binary.display(),
         d.frames_sent,
         d.frames_seen,

@@ -424,3 +424,42 @@ fn a_source_seen_on_two_cpus_is_read_with_both_counts() {
         .collect();
     assert_eq!(firsts, [1, 0], "one first-packet event per CPU: {events:?}");
 }
+
+/// A service removed and a new one given its id: the old service's sources
+/// are cleared, not shown under the new name; other services keep theirs.
+#[test]
+fn a_reused_service_id_starts_without_the_old_services_sources() {
+    let mut fx = Fixture::new(CONFIG);
+    let admin = fx.service_id("admin");
+    let quic = fx.service_id("quic");
+    assert_eq!(fx.verdict(&tcp_syn(REFUSED, 8443)), XDP_DROP);
+    assert_eq!(fx.verdict(&udp_v4(REFUSED, 4433)), XDP_DROP);
+    let refused = IpAddr::V4(REFUSED);
+    assert!(fx.source("admin", EVENT_DROP, refused).is_some());
+
+    // `admin` goes; in the next reload `panel` comes and takes its id.
+    let without_admin = CONFIG.replace(
+        "[services.admin]\nports = [\"tcp/8443\", \"tcp/22\"]\nallow = [\"203.0.113.0/24\", \"2001:db8:100::/48\"]\n",
+        "",
+    );
+    assert_ne!(without_admin, CONFIG);
+    fx.apply(&without_admin);
+    fx.apply(&CONFIG.replace("[services.admin]", "[services.panel]"));
+    assert_eq!(fx.service_id("panel"), admin, "the id is reused");
+    assert!(
+        fx.source("panel", EVENT_DROP, refused).is_none(),
+        "admin's refusal is shown under panel"
+    );
+    let kept = fx
+        .source("quic", EVENT_DROP, refused)
+        .unwrap_or_else(|| panic!("quic's entry was cleared too"));
+    assert_eq!(kept.packets, 1);
+    assert_eq!(fx.service_id("quic"), quic);
+
+    // The new service's own refusals are tracked from scratch.
+    assert_eq!(fx.verdict(&tcp_syn(REFUSED, 8443)), XDP_DROP);
+    let fresh = fx
+        .source("panel", EVENT_DROP, refused)
+        .unwrap_or_else(|| panic!("panel's refusal is not tracked"));
+    assert_eq!(fresh.packets, 1);
+}

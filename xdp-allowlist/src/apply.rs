@@ -10,7 +10,7 @@
 //! root against [`FakeMaps`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -48,6 +48,10 @@ pub trait PolicyMaps {
     fn remove_v6(&mut self, slot: u32, service: u32, net: Ipv6Net) -> Result<(), Self::Error>;
     fn set_service_name(&mut self, service: u32, name: &str) -> Result<(), Self::Error>;
     fn reset_counters(&mut self, service: u32) -> Result<(), Self::Error>;
+    /// Clears the per-source entries (`SOURCES`) of `services`: ids given to
+    /// new services, whose entries belong to the service that had the id
+    /// before and would be shown under the new name.
+    fn forget_sources(&mut self, services: &BTreeSet<u32>) -> Result<(), Self::Error>;
     fn control(&self) -> Result<Control, Self::Error>;
     fn set_control(&mut self, control: Control) -> Result<(), Self::Error>;
     /// What `slot` holds now (used when adopting pinned maps).
@@ -257,12 +261,17 @@ impl<M: PolicyMaps> Applier<M> {
         done: &mut usize,
     ) -> Result<(), M::Error> {
         let maps = &mut self.maps;
+        let mut fresh_ids = BTreeSet::new();
         for name in fresh {
             if let Some(&id) = ids.get(name) {
                 maps.reset_counters(id)?;
                 maps.set_service_name(id, name)?;
+                fresh_ids.insert(id);
                 *done += 2;
             }
+        }
+        if !fresh_ids.is_empty() {
+            maps.forget_sources(&fresh_ids)?;
         }
         for &(id, flags) in &diff.service_flags {
             maps.set_service_flags(slot, id, flags)?;

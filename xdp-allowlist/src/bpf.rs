@@ -17,7 +17,7 @@
 //! process running, until `detach` removes the pins.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -443,6 +443,7 @@ pub struct BpfMaps {
     v6: LpmTrie<MapData, V6KeyData, RuleValue>,
     names: Array<MapData, ServiceName>,
     counters: PerCpuArray<MapData, ServiceCounters>,
+    sources: crate::sources::SourceTable,
 }
 
 impl BpfMaps {
@@ -458,6 +459,7 @@ impl BpfMaps {
             v6: open_map(pin_dir, V6_MAP)?,
             names: open_map(pin_dir, SERVICE_NAMES_MAP)?,
             counters: open_map(pin_dir, COUNTERS_MAP)?,
+            sources: crate::sources::SourceTable::open(pin_dir)?,
         })
     }
 }
@@ -545,6 +547,18 @@ impl PolicyMaps for BpfMaps {
             let zero = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])?;
             self.counters
                 .set(counter_index(service, proto_idx), zero, 0)?;
+        }
+        Ok(())
+    }
+
+    fn forget_sources(&mut self, services: &BTreeSet<u32>) -> Result<(), MapError> {
+        let cleared = self.sources.forget_services(services)?;
+        if cleared > 0 {
+            tracing::debug!(
+                cleared,
+                ?services,
+                "cleared per-source entries of reused service ids"
+            );
         }
         Ok(())
     }

@@ -22,13 +22,13 @@
 
 use std::{
     cmp::Ordering,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuValues};
 use serde::{Serialize, Serializer};
 use xdp_allowlist_common::{
     port_index, proto_index, Control, EventLimiter, ServiceName, SourceKey, SourceSlot,
@@ -426,6 +426,41 @@ impl SourceTable {
     /// When the map cannot be read.
     pub fn read(&self) -> anyhow::Result<HashMap<SourceKey, Vec<SourceStats>>> {
         read_per_cpu(&self.slots)
+    }
+
+    /// Clears the entries of `services` on every CPU and returns how many
+    /// there were. A table the kernel never wrote is not walked. The kernel
+    /// may update a slot between its read and its write here: that slot's
+    /// other entries can then lose those few packets.
+    ///
+    /// # Errors
+    ///
+    /// When the map cannot be read or written.
+    pub fn forget_services(&mut self, services: &BTreeSet<u32>) -> Result<usize, MapError> {
+        let untouched = self
+            .limiter
+            .get(&0, 0)?
+            .iter()
+            .all(|c| c.table_updates == 0);
+        if untouched {
+            return Ok(0);
+        }
+        let mut cleared = 0;
+        for index in 0..SOURCES_CAPACITY {
+            let mut values: Vec<SourceSlot> = self.slots.get(&index, 0)?.iter().copied().collect();
+            let mut changed = false;
+            for slot in &mut values {
+                if slot.key.kind != 0 && services.contains(&u32::from(slot.key.service)) {
+                    *slot = SourceSlot::default();
+                    changed = true;
+                    cleared += 1;
+                }
+            }
+            if changed {
+                self.slots.set(index, PerCpuValues::try_from(values)?, 0)?;
+            }
+        }
+        Ok(cleared)
     }
 }
 

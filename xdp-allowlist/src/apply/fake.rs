@@ -1,6 +1,9 @@
 //! An in-memory stand-in for the kernel maps, for tests without root.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use xdp_allowlist_common::{Control, PORT_MONITOR, PORT_SERVICE_MASK};
@@ -20,6 +23,8 @@ pub struct FakeMaps {
     pub control: Control,
     pub names: BTreeMap<u32, String>,
     pub counters_reset: Vec<u32>,
+    /// The ids of each `forget_sources` call.
+    pub sources_forgotten: Vec<BTreeSet<u32>>,
     /// Every write, in order, as text (for assertions on ordering).
     pub log: Vec<String>,
     /// Fail the write after this many successful ones.
@@ -140,6 +145,11 @@ impl PolicyMaps for FakeMaps {
 
     fn reset_counters(&mut self, service: u32) -> Result<(), FakeError> {
         self.counters_reset.push(service);
+        Ok(())
+    }
+
+    fn forget_sources(&mut self, services: &BTreeSet<u32>) -> Result<(), FakeError> {
+        self.sources_forgotten.push(services.clone());
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-use std::{net::IpAddr, path::Path};
+use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
 use super::{fake::FakeVerdict, *};
 use crate::config::parse_str;
@@ -205,6 +205,11 @@ fn service_ids_survive_reloads_and_new_services_start_from_zero() {
     assert!(!applier.ids().contains_key("api"));
     let webhooks = applier.ids()["webhooks"];
     assert!(applier.maps().counters_reset.contains(&webhooks));
+    assert_eq!(
+        applier.maps().sources_forgotten.last(),
+        Some(&BTreeSet::from([webhooks])),
+        "the per-source entries of a new service's id are cleared, once"
+    );
     assert_eq!(
         applier.maps().names.get(&webhooks).map(String::as_str),
         Some("webhooks")

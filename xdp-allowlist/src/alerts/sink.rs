@@ -60,6 +60,10 @@ impl Sink {
         if records.is_empty() {
             return;
         }
+        // The file first: a command that reads it finds its alert there.
+        if let Some(path) = self.file.clone() {
+            self.append(&path, records);
+        }
         for record in records {
             match record {
                 Record::Alert(alert) => {
@@ -68,9 +72,6 @@ impl Sink {
                 }
                 Record::Access(access) => log_access(access),
             }
-        }
-        if let Some(path) = self.file.clone() {
-            self.append(&path, records);
         }
     }
 
@@ -86,7 +87,7 @@ impl Sink {
             }
         }
         // Opened for every batch, so a rotated file is followed at once.
-        let result = (|| {
+        let write = || -> std::io::Result<()> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
@@ -95,7 +96,15 @@ impl Sink {
                 .append(true)
                 .open(path)?
                 .write_all(text.as_bytes())
-        })();
+        };
+        // A slow disk must not hold up the other tasks of the daemon's
+        // runtime (it has several workers; tests may run on one).
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(write)
+            }
+            _ => write(),
+        };
         match result {
             Ok(()) if self.file_failing => {
                 self.file_failing = false;

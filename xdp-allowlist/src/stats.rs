@@ -230,16 +230,10 @@ mod tests {
 
     fn row(source: [u8; 4], kind: Kind, packets: u64, last_seen_s: u64) -> SourceRow {
         SourceRow {
-            source: IpAddr::from(source),
-            service: "dns".to_owned(),
-            service_id: 1,
-            kind,
-            packets,
             bytes: packets * 40,
             first_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
-            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(last_seen_s),
             ports: vec!["udp/5353".to_owned()],
-            other_port_packets: 0,
+            ..SourceRow::for_test(IpAddr::from(source), "dns", kind, packets, last_seen_s)
         }
     }
 

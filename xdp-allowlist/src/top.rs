@@ -252,6 +252,14 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    fn rates_by_source(state: &State) -> HashMap<String, Option<f64>> {
+        state
+            .rows
+            .iter()
+            .map(|r| (r.row.source.to_string(), r.rate))
+            .collect()
+    }
+
     #[test]
     fn rates_come_from_the_difference_between_readings() {
         let mut state = State::default();
@@ -277,11 +285,7 @@ mod tests {
             now,
         );
 
-        let rates: HashMap<String, Option<f64>> = state
-            .rows
-            .iter()
-            .map(|r| (r.row.source.to_string(), r.rate))
-            .collect();
+        let rates = rates_by_source(&state);
         assert_eq!(rates["198.51.100.1"], Some(2.0));
         assert_eq!(rates["198.51.100.2"], Some(20.0));
         assert_eq!(rates["198.51.100.3"], Some(3.0), "new row: all its packets");
@@ -298,11 +302,7 @@ mod tests {
             SECOND,
             now,
         );
-        let rates: HashMap<String, Option<f64>> = state
-            .rows
-            .iter()
-            .map(|r| (r.row.source.to_string(), r.rate))
-            .collect();
+        let rates = rates_by_source(&state);
         assert_eq!(rates["198.51.100.1"], None);
         assert_eq!(rates["198.51.100.2"], Some(1.0));
     }

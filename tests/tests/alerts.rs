@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::Value;
 use xdp_allowlist_tests::{
-    daemon::{Daemon, Instance},
+    daemon::{assert_success, Daemon, Instance},
     netns::{Pair, CLIENT_V4, SERVER_V4},
 };
 
@@ -113,13 +113,7 @@ fn nmap(pair: &Pair) {
         .args(["-p", &ports.join(","), SERVER_V4])
         .output()
         .unwrap_or_else(|e| panic!("cannot run nmap: {e}"));
-    assert!(
-        out.status.success(),
-        "nmap failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "nmap");
     let report = String::from_utf8_lossy(&out.stdout);
     // The filter drops the SYNs: nmap must not see any port open.
     assert!(

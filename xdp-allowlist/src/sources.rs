@@ -412,7 +412,7 @@ impl SourceTable {
     /// # Errors
     ///
     /// When the map cannot be read.
-    pub fn updates(&self) -> anyhow::Result<u64> {
+    pub fn updates(&self) -> Result<u64, MapError> {
         let per_cpu = self.limiter.get(&0, 0)?;
         Ok(per_cpu
             .iter()
@@ -437,12 +437,7 @@ impl SourceTable {
     ///
     /// When the map cannot be read or written.
     pub fn forget_services(&mut self, services: &BTreeSet<u32>) -> Result<usize, MapError> {
-        let untouched = self
-            .limiter
-            .get(&0, 0)?
-            .iter()
-            .all(|c| c.table_updates == 0);
-        if untouched {
+        if self.updates()? == 0 {
             return Ok(0);
         }
         let mut cleared = 0;

@@ -221,19 +221,22 @@ impl SourceSweep {
         let unchanged_at = self.read_at;
         let joined = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let result = table.updates().and_then(|updates| {
-                if !only_record && unchanged_at == Some(updates) {
-                    return Ok((updates, None));
-                }
-                let entries = table.read()?;
-                let deltas = if only_record {
-                    owned.baseline(&entries);
-                    Vec::new()
-                } else {
-                    owned.sweep(&entries)
-                };
-                Ok((updates, Some((entries.len(), deltas))))
-            });
+            let result = table
+                .updates()
+                .map_err(anyhow::Error::from)
+                .and_then(|updates| {
+                    if !only_record && unchanged_at == Some(updates) {
+                        return Ok((updates, None));
+                    }
+                    let entries = table.read()?;
+                    let deltas = if only_record {
+                        owned.baseline(&entries);
+                        Vec::new()
+                    } else {
+                        owned.sweep(&entries)
+                    };
+                    Ok((updates, Some((entries.len(), deltas))))
+                });
             (owned, result, started.elapsed())
         })
         .await;
